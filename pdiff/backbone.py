@@ -1,0 +1,239 @@
+"""The frozen CLIP backbone: open_clip loading, frozen features and the truncated text encoder.
+
+A backbone is named by a JSON-able spec `{"model": <open_clip name>, "pretrained": <p>}` where
+`p` is `shipped` (the demo checkpoint inside this package), an open_clip pretrained tag
+(e.g. `openai`, resolved in the weights cache and never downloaded by compute jobs), or a path
+to a checkpoint file. Its *identity* adds the checkpoint's sha256, so every artifact records
+exactly which weights it was computed with.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdiff.errors import PdiffError
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).parent
+MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
+ASSET_DIR = PACKAGE_DIR / "assets"
+SHIPPED = "shipped"
+
+
+@functools.cache
+def register_model_configs() -> None:
+    """Make pdiff's own model configs (e.g. `pdiff-tiny`) known to open_clip by name."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def shipped_checkpoint(model: str) -> Path:
+    return ASSET_DIR / f"{model}.safetensors"
+
+
+def weights_cache_dir() -> Path:
+    return Path(os.environ.get("PDIFF_WEIGHTS", Path.home() / ".cache" / "pdiff" / "weights"))
+
+
+@functools.cache
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_checkpoint(model: str, pretrained: str | None) -> Path | None:
+    """Map a `pretrained` value to a local file (None: random init, used by tests only)."""
+    register_model_configs()
+    if model not in open_clip.list_models():
+        raise PdiffError(
+            f"unknown open_clip model '{model}'; use one of open_clip.list_models() "
+            f"(e.g. ViT-B-16) or pdiff's own: pdiff-tiny"
+        )
+    if pretrained in (None, "", "none"):
+        return None
+    if pretrained == SHIPPED:
+        path = shipped_checkpoint(model)
+        if not path.exists():
+            raise PdiffError(
+                f"no shipped checkpoint for '{model}' ({path} is missing); set "
+                "backbone.pretrained to 'pretrain' to regenerate it, or to a checkpoint path"
+            )
+        return path
+    path = Path(pretrained)
+    if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
+        if not path.exists():
+            raise PdiffError(
+                f"backbone checkpoint {path} not found; fix backbone.pretrained in the config "
+                "or create the file (for the demo model: `pdiff pretrain`)"
+            )
+        return path
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise PdiffError(
+            f"unknown pretrained tag '{pretrained}' for {model}; known tags: {tags or 'none'}; "
+            "or give a checkpoint path"
+        )
+    cached = weights_cache_dir() / model / f"{pretrained}.safetensors"
+    if not cached.exists():
+        raise PdiffError(
+            f"weights {model}/{pretrained} are not in the cache ({cached}); fetch them once on "
+            f"a machine with internet: `pdiff fetch-weights --model {model} --pretrained "
+            f"{pretrained}`"
+        )
+    return cached
+
+
+def backbone_identity(spec: dict) -> dict:
+    """The spec plus the checkpoint hash: what artifacts record and compare."""
+    path = resolve_checkpoint(spec["model"], spec.get("pretrained"))
+    return {
+        "model": spec["model"],
+        "pretrained": spec.get("pretrained"),
+        "sha256": file_sha256(str(path)) if path else None,
+    }
+
+
+@dataclass
+class Backbone:
+    """A frozen open_clip model plus the pieces prompt methods need."""
+
+    model: nn.Module
+    tokenizer: open_clip.tokenizer.SimpleTokenizer
+    identity: dict
+    mean: torch.Tensor
+    std: torch.Tensor
+    image_size: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def text_width(self) -> int:
+        return self.model.token_embedding.weight.shape[1]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.text_projection.shape[1]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().detach()
+
+    # --- images -----------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> resized, normalised model input."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size),
+                                   mode="bicubic", align_corners=False).clamp(0, 1)
+        return (images - self.mean[:, None, None]) / self.std[:, None, None]
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Frozen, L2-normalised image features [B, E]."""
+        out = []
+        for chunk in images.split(batch_size):
+            x = self.preprocess(chunk.to(self.device))
+            out.append(F.normalize(self.model.encode_image(x), dim=-1))
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+
+    # --- text -------------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.device)
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.token_embedding(tokens)
+
+    def encode_text_embeddings(
+        self, x: torch.Tensor, eot: torch.Tensor, truncate: bool = True
+    ) -> torch.Tensor:
+        return encode_text_embeddings(self.model, x, eot, truncate)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], truncate: bool = True) -> torch.Tensor:
+        """Frozen, L2-normalised features of plain text prompts [N, E]."""
+        tokens = self.tokenize(texts)
+        feats = self.encode_text_embeddings(self.token_embeddings(tokens),
+                                            tokens.argmax(-1), truncate)
+        return F.normalize(feats, dim=-1)
+
+
+def encode_text_embeddings(
+    model: nn.Module, x: torch.Tensor, eot: torch.Tensor, truncate: bool = True
+) -> torch.Tensor:
+    """Encode token embeddings [N, L, W] pooled at end-of-text positions `eot` [N].
+
+    The text tower is causal and pools at the end-of-text token, so positions after the
+    longest end-of-text in the batch cannot change any output: cutting them is exact and
+    saves most of the work (77 positions -> ~12 for CoOp-style prompts). We iterate
+    open_clip's own residual blocks so that methods can inject deep prompts between them.
+    """
+    length = int(eot.max()) + 1 if truncate else x.shape[1]
+    x = x[:, :length] + model.positional_embedding[:length].to(x.dtype)
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    blocks = model.transformer
+    if not blocks.batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks.resblocks:
+        x = block(x, attn_mask=mask)
+    if not blocks.batch_first:
+        x = x.transpose(0, 1)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
+    return x @ model.text_projection
+
+
+def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:
+    """Load a frozen backbone from a spec; every failure is one clear PdiffError."""
+    model_name, pretrained = spec["model"], spec.get("pretrained")
+    path = resolve_checkpoint(model_name, pretrained)
+    try:
+        model = open_clip.create_model(model_name, pretrained=str(path) if path else None,
+                                       device=device)
+    except PdiffError:
+        raise
+    except Exception as exc:  # open_clip raises many types for a bad file
+        raise PdiffError(
+            f"could not load checkpoint {path} into {model_name}: {exc}; check that the file is a "
+            f"{model_name} checkpoint (or regenerate it)"
+        ) from exc
+    model.eval().requires_grad_(False)
+    model.float()
+    cfg = model.visual.preprocess_cfg
+    identity = {"model": model_name, "pretrained": pretrained,
+                "sha256": file_sha256(str(path)) if path else None}
+    log.info("backbone %s (%s), sha256 %s", model_name, pretrained,
+             (identity["sha256"] or "random")[:12])
+    return Backbone(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(model_name),
+        identity=identity,
+        mean=torch.tensor(cfg["mean"], device=device),
+        std=torch.tensor(cfg["std"], device=device),
+        image_size=model.visual.image_size[0],
+    )
+
+
+def check_identity(expected: dict, found: dict, what: str) -> None:
+    """Refuse to combine artifacts computed with different backbones."""
+    keys = ("model", "pretrained", "sha256")
+    if any(expected.get(k) != found.get(k) for k in keys):
+        raise PdiffError(
+            f"{what} was built with backbone {found.get('model')}/{found.get('pretrained')} "
+            f"(sha256 {str(found.get('sha256'))[:12]}), but this run uses "
+            f"{expected.get('model')}/{expected.get('pretrained')} "
+            f"(sha256 {str(expected.get('sha256'))[:12]}); rebuild it with this backbone"
+        )

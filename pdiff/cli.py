@@ -1,0 +1,183 @@
+"""The `pdiff` command line: argument parsing only, one subcommand per workflow rule.
+
+Every rule of the Snakemake workflow is one of these commands, so each stage can be rerun and
+debugged by hand, and a SLURM job is just that command. Config slices arrive as JSON objects
+(`--params`, `--dataset`, `--backbone`) exactly as the rule's `params:` hold them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pdiff import __version__
+from pdiff.errors import PdiffError
+from pdiff.utils import setup_logging, write_json
+
+log = logging.getLogger("pdiff")
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", required=True, help="folder holding the datasets")
+    p.add_argument("--dataset", type=_json_arg, required=True,
+                   help='dataset spec, e.g. {"name": "pets", "folder": ..., "split_file": ...}')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdiff", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pdiff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="generate the synthetic demo world in the CoOp layout")
+    p.add_argument("--params", type=_json_arg, required=True, help="the `world` config")
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--manifest", required=True, help="JSON written last, when all is done")
+    _common(p)
+
+    p = sub.add_parser("pretrain", help="pretrain the demo backbone on the synthetic world")
+    p.add_argument("--params", type=_json_arg, required=True, help="backbone.pretrain config")
+    p.add_argument("--world", type=_json_arg, required=True, help="the `world` config")
+    p.add_argument("--model", default="pdiff-tiny")
+    p.add_argument("--out", required=True)
+    p.add_argument("--metrics", required=True)
+    _common(p)
+
+    p = sub.add_parser("fewshot", help="draw the K-shot training/validation split (CoOp)")
+    _data_args(p)
+    p.add_argument("--shots", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("train", help="learn a host method's prompt (baseline)")
+    p.add_argument("--method", required=True)
+    p.add_argument("--params", type=_json_arg, required=True, help="the method's config")
+    p.add_argument("--backbone", type=_json_arg, required=True)
+    _data_args(p)
+    p.add_argument("--fewshot", required=True)
+    p.add_argument("--classes", choices=["base", "new", "all"], default="all")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("overfit", help="overfit the prompt per training sample into a store")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--backbone", type=_json_arg, required=True)
+    _data_args(p)
+    p.add_argument("--fewshot", required=True)
+    p.add_argument("--params", type=_json_arg, required=True, help="the `overfit` config")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("fit-diffusion", help="train the prompt DiT on a prompt store")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--backbone", type=_json_arg, required=True)
+    p.add_argument("--params", type=_json_arg, required=True, help="the `diffusion` config")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="evaluate zero-shot, baseline or prompt diffusion")
+    p.add_argument("--mode", choices=["zeroshot", "baseline", "diffusion"], required=True)
+    p.add_argument("--prompt")
+    p.add_argument("--dit")
+    p.add_argument("--backbone", type=_json_arg, required=True)
+    _data_args(p)
+    p.add_argument("--split", choices=["base", "new", "all"], required=True)
+    p.add_argument("--params", type=_json_arg, required=True,
+                   help="{evaluation: ..., sampling: ...}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    _common(p)
+
+    p = sub.add_parser("report", help="tables and figures from evaluation JSON files")
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--params", type=_json_arg, required=True)
+    p.add_argument("--out-dir", required=True)
+    _common(p)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    # Imports are local so that `pdiff --help` stays fast and light.
+    cmd = args.command
+    if cmd == "prepare":
+        from pdiff.data.synthetic import write_world
+
+        manifest = write_world(args.data_root, args.params)
+        write_json(args.manifest, manifest)
+    elif cmd == "pretrain":
+        from pdiff.pretrain import pretrain
+
+        pretrain(args.params, args.world, args.model, Path(args.out), Path(args.metrics))
+    elif cmd == "fewshot":
+        from pdiff.data import DatasetSpec, draw_fewshot, read_split, save_fewshot
+
+        splits = read_split(args.data_root, DatasetSpec.from_dict(args.dataset))
+        save_fewshot(args.out, draw_fewshot(splits, args.shots, args.seed))
+    elif cmd == "train":
+        from pdiff.train import train
+
+        train(args.method, args.params, args.backbone, args.data_root, args.dataset,
+              args.fewshot, args.classes, args.seed, args.out)
+    elif cmd == "overfit":
+        from pdiff.overfit import overfit
+
+        overfit(args.prompt, args.backbone, args.data_root, args.dataset, args.fewshot,
+                args.params, args.seed, args.out)
+    elif cmd == "fit-diffusion":
+        from pdiff.diffusion.train import fit_stage
+
+        fit_stage(args.prompt, args.store, args.backbone, args.params, args.seed, args.out)
+    elif cmd == "evaluate":
+        from pdiff.evaluate import evaluate
+
+        evaluate(args.mode, args.backbone, args.data_root, args.dataset, args.split,
+                 args.params, args.seed, args.out, prompt=args.prompt, dit=args.dit)
+    elif cmd == "report":
+        from pdiff.report import make_report
+
+        make_report([Path(p) for p in args.inputs], args.params, Path(args.out_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # compute jobs never touch the network
+    try:
+        run(args)
+    except PdiffError as exc:
+        print(f"pdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

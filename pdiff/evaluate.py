@@ -1,0 +1,132 @@
+"""Evaluation (`pdiff evaluate`): zero-shot, the learned prompt (baseline), or prompt diffusion.
+
+With prompt diffusion no label exists at test time: each test image's prompt is generated from
+its frozen image feature by integrating the sampling ODE in a few steps, then used for that image
+alone. Every evaluation writes full-precision JSON metrics; the report reads only those files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from pdiff.backbone import load_backbone
+from pdiff.checkpoint import load_prompt
+from pdiff.data import DatasetSpec, class_subset, read_split, subsample_classes
+from pdiff.diffusion.train import load_diffusion
+from pdiff.errors import PdiffError
+from pdiff.inputs import load_inputs
+from pdiff.methods import Inputs, PromptMethod, get_method
+from pdiff.utils import get_device, set_seed, write_json
+
+log = logging.getLogger(__name__)
+
+MODES = ("zeroshot", "baseline", "diffusion")
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15
+                               ) -> float:
+    """ECE (%) with equal-width confidence bins, as in Guo et al. (2017)."""
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs()
+    return 100.0 * float(ece)
+
+
+@torch.no_grad()
+def predict(method: PromptMethod, inputs: Inputs, batch_size: int, generate=None
+            ) -> tuple[torch.Tensor, int]:
+    """Class probabilities [N, C]; `generate(cond) -> (prompts, nfe)` gives per-image prompts."""
+    probs, nfe = [], 0
+    for i in range(0, len(inputs), batch_size):
+        batch = inputs[i : i + batch_size]
+        if generate is None:
+            probs.append(method.logits(batch, None).softmax(-1))
+        else:
+            p, n = generate(method.condition(batch))
+            probs.append(p(batch))
+            nfe = n
+    return torch.cat(probs).cpu(), nfe
+
+
+def evaluate(mode: str, backbone_spec: dict, data_root: str, dataset: dict, split: str,
+             params: dict, seed: int, out: str, prompt: str | None = None,
+             dit: str | None = None) -> dict:
+    if mode not in MODES:
+        raise PdiffError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+    if mode != "zeroshot" and not prompt:
+        raise PdiffError(f"--mode {mode} needs --prompt (a checkpoint from `pdiff train`)")
+    if mode == "diffusion" and not dit:
+        raise PdiffError("--mode diffusion needs --dit (a model from `pdiff fit-diffusion`)")
+    gen = set_seed(seed)
+    backbone = load_backbone(backbone_spec, get_device())
+    spec = DatasetSpec.from_dict(dataset)
+    splits = read_split(data_root, spec)
+    (test,) = subsample_classes(splits.test, subsample=split)
+    classnames = class_subset(splits.classnames, split)
+    meta: dict = {}
+    if mode == "zeroshot":
+        method = get_method("zeroshot")(backbone, classnames, spec.template, {})
+    else:
+        method, meta = load_prompt(prompt, backbone, classnames)
+    inputs, labels = load_inputs(data_root, spec, test, backbone, method.needs_images)
+
+    generate, sampling = None, None
+    if mode == "diffusion":
+        dm = load_diffusion(dit)
+        sampling = params["sampling"]
+        generate = _draws(method, dm, method.layout, sampling, gen)
+
+    t0 = time.time()
+    probs, nfe = predict(method, inputs, params["evaluation"]["batch_size"], generate)
+    seconds = time.time() - t0
+    labels = labels.cpu()
+    correct = int((probs.argmax(-1) == labels).sum())
+    metrics = {
+        "mode": mode,
+        "method": "zeroshot" if mode == "zeroshot" else meta["method"],
+        "train_dataset": meta.get("dataset"),
+        "train_classes": meta.get("classes"),
+        "seed": meta.get("seed"),
+        "target": spec.name,
+        "split": split,
+        "accuracy": 100.0 * correct / len(labels),
+        "correct": correct,
+        "total": len(labels),
+        "ece": expected_calibration_error(probs, labels),
+        "seconds": seconds,
+        "images_per_second": len(labels) / max(seconds, 1e-9),
+        "nfe": nfe,
+        "sampling": sampling,
+        "backbone": backbone.identity,
+    }
+    write_json(out, metrics)
+    log.info("%s %s on %s/%s: %.2f%% (%d/%d), %.1fs", mode, metrics["method"], spec.name, split,
+             metrics["accuracy"], correct, len(labels), seconds)
+    return metrics
+
+
+def _draws(method: PromptMethod, dm, layout, sampling: dict, gen: torch.Generator):
+    """Build the per-batch generator: `draws` ODE samples per image, probabilities averaged."""
+
+    def generate(cond: torch.Tensor):
+        prompts, nfe = [], 0
+        for _ in range(sampling["draws"]):
+            tokens, n = dm.generate(cond, solver=sampling["solver"], steps=sampling["steps"],
+                                    start=sampling["start"], generator=gen)
+            prompts.append(layout.unpack(tokens.to(cond.device)))
+            nfe += n
+
+        def probs(batch: Inputs) -> torch.Tensor:
+            return torch.stack([method.logits(batch, p).softmax(-1) for p in prompts]).mean(0)
+
+        return probs, nfe
+
+    return generate

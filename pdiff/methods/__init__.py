@@ -1,0 +1,23 @@
+"""The registry of host prompt-learning methods: one module per method, registered by name."""
+
+from __future__ import annotations
+
+from pdiff.errors import PdiffError
+from pdiff.methods.base import Inputs, PromptMethod, Prompts
+from pdiff.methods.coop import CoOp
+from pdiff.methods.zeroshot import ZeroShot
+
+METHODS: dict[str, type[PromptMethod]] = {m.name: m for m in (ZeroShot, CoOp)}
+
+
+def get_method(name: str) -> type[PromptMethod]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise PdiffError(
+            f"unknown method '{name}'; available: {', '.join(sorted(METHODS))} "
+            "(add one in pdiff/methods/ and register it here)"
+        ) from None
+
+
+__all__ = ["METHODS", "Inputs", "PromptMethod", "Prompts", "get_method"]

@@ -1,0 +1,88 @@
+"""Per-sample overfitting into an HDF5 prompt store (`pdiff overfit`).
+
+Starting from the learned prompt, every training sample gets K optimiser steps on its own
+cross-entropy. A batch of samples is optimised at once with independent prompts: the per-sample
+losses are summed, so each prompt receives exactly its own gradient, and Adam is elementwise, so
+the result equals one-at-a-time overfitting (tested) at a fraction of the cost. Rows are flushed
+to the store's side file batch by batch: a killed job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm import tqdm
+
+from pdiff.backbone import load_backbone
+from pdiff.checkpoint import load_prompt
+from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
+from pdiff.inputs import load_inputs
+from pdiff.methods import Inputs, PromptMethod, Prompts
+from pdiff.store import open_writer
+from pdiff.utils import get_device, set_seed
+
+log = logging.getLogger(__name__)
+
+
+def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, steps: int,
+                  lr: float) -> tuple[Prompts, torch.Tensor, torch.Tensor]:
+    """Overfit one independent prompt per sample; returns prompts [B,...], loss before/after."""
+    b = len(inputs)
+    prompts = {k: v.expand(b, *v.shape[1:]).clone().requires_grad_(True)
+               for k, v in method.init_prompt().items()}
+    opt = torch.optim.Adam(list(prompts.values()), lr=lr)
+    before = None
+    for _ in range(steps):
+        loss = method.per_sample_loss(inputs, labels, prompts)
+        if before is None:
+            before = loss.detach()
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # sum: each prompt gets exactly its own sample's gradient
+        opt.step()
+    with torch.no_grad():
+        after = method.per_sample_loss(inputs, labels, prompts)
+        if before is None:
+            before = after
+    return {k: v.detach() for k, v in prompts.items()}, before, after
+
+
+def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, fewshot: str,
+            params: dict, seed: int, out: str) -> None:
+    set_seed(seed)
+    backbone = load_backbone(backbone_spec, get_device())
+    method, meta = load_prompt(prompt, backbone)
+    method.requires_grad_(False)  # only the per-sample prompts move
+    spec = DatasetSpec.from_dict(dataset)
+    (data,) = subsample_classes(fewshot_data(load_fewshot(fewshot), "train"),
+                                subsample=meta["classes"])
+    inputs, labels = load_inputs(data_root, spec, data, backbone, method.needs_images)
+    layout = method.layout
+    attrs = {"method": method.name, "dataset": spec.name, "seed": seed, "overfit": params,
+             "backbone": backbone.identity, "prompt_spec": layout.to_json(),
+             "classes": meta["classes"]}
+    writer = open_writer(
+        out, sample_ids=[d.impath for d in data], labels=labels.cpu().numpy(),
+        init_prompt=layout.pack(method.init_prompt())[0].cpu().numpy(),
+        token_shape=(layout.num_tokens, layout.token_dim), feature_dim=inputs.features.shape[1]
+        if inputs.features is not None else backbone.embed_dim,
+        attrs=attrs, token_mask=layout.mask().numpy(),
+    )
+    with writer:
+        pending = writer.pending()
+        if len(pending) < len(data):
+            log.info("resuming: %d of %d samples already done", len(data) - len(pending),
+                     len(data))
+        t0 = time.time()
+        bs = params["batch_size"]
+        for i in tqdm(range(0, len(pending), bs), desc="overfit", mininterval=5):
+            idx = torch.as_tensor(pending[i : i + bs], device=labels.device)
+            batch = inputs[idx]
+            prompts, before, after = overfit_batch(method, batch, labels[idx], params["steps"],
+                                                   params["lr"])
+            writer.write(idx.cpu().numpy(), layout.pack(prompts).cpu().numpy(),
+                         method.condition(batch).cpu().numpy(), before.cpu().numpy(),
+                         after.cpu().numpy())
+        writer.finalize()
+    log.info("overfitted %d samples in %.1fs", len(pending), time.time() - t0)

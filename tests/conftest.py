@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny randomly initialised CLIP checkpoint and a tiny synthetic world.
+
+No weights can be downloaded in tests: every checkpoint is created here.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from pdiff.backbone import load_backbone, register_model_configs  # noqa: E402
+from pdiff.data.synthetic import write_world  # noqa: E402
+
+TINY_WORLD = {"seed": 0, "image_size": 32, "cast": 0.4, "train_per_class": 4,
+              "val_per_class": 2, "test_per_class": 3, "colours": 4, "objects": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("pdiff-tiny", pretrained=None)
+    path = tmp_path_factory.mktemp("ckpt") / "pdiff-tiny-random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def backbone_spec(tiny_checkpoint) -> dict:
+    return {"model": "pdiff-tiny", "pretrained": tiny_checkpoint}
+
+
+@pytest.fixture(scope="session")
+def backbone(backbone_spec):
+    return load_backbone(backbone_spec)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> str:
+    """A tiny world in the CoOp layout: 8 classes per dataset."""
+    root = tmp_path_factory.mktemp("world")
+    write_world(root, TINY_WORLD)
+    return str(root)
+
+
+def dataset_spec(name: str) -> dict:
+    return {"name": name, "folder": name, "split_file": f"split_zhou_{name}.json",
+            "template": "a photo of a {}."}
