@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> None:
         overfit(args.prompt, args.backbone, args.data_root, args.dataset, args.fewshot,
                 args.params, args.seed, args.out)
     elif cmd == "fit-diffusion":
-        from pdiff.diffusion.train import fit_stage
+        from pdiff.fit_diffusion import fit_stage
 
         fit_stage(args.prompt, args.store, args.backbone, args.params, args.seed, args.out)
     elif cmd == "evaluate":

@@ -1,0 +1,40 @@
+# `make demo` runs the embedded demo pipeline end to end; `make test` runs the test suite.
+# Both create the virtual environment and install the project first (once).
+
+VENV ?= .venv
+PYTHON ?= python3
+# Pinned so that torchvision (needed by open_clip) matches torch; override for another platform,
+# e.g. `make test TORCH="torch==2.9.1 torchvision==0.24.1"` on aarch64.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+CORES ?= 2
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test lint report clean
+
+$(BIN)/pdiff: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev,slurm]"
+	touch $@
+
+install: $(BIN)/pdiff
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES)
+
+report: install
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results/* .snakemake

@@ -1,0 +1,57 @@
+"""Datasets in the CoOp/Dassl layout: split reading, few-shot draws, templates, images."""
+
+from pdiff.data.coop import (
+    KNOWN_DATASETS,
+    SPLITS,
+    DatasetSpec,
+    DatasetSplits,
+    Datum,
+    read_split,
+)
+from pdiff.data.fewshot import (
+    MAX_VAL_SHOTS,
+    class_subset,
+    draw_fewshot,
+    fewshot_data,
+    generate_fewshot,
+    load_fewshot,
+    save_fewshot,
+    split_by_label,
+    subsample_classes,
+)
+from pdiff.data.images import ImageDataset, load_image, load_images
+from pdiff.data.templates import (
+    GENERIC_TEMPLATE,
+    TEMPLATES,
+    clean_classname,
+    format_prompt,
+    template_for,
+    validate_template,
+)
+
+__all__ = [
+    "GENERIC_TEMPLATE",
+    "KNOWN_DATASETS",
+    "MAX_VAL_SHOTS",
+    "SPLITS",
+    "TEMPLATES",
+    "DatasetSpec",
+    "DatasetSplits",
+    "Datum",
+    "ImageDataset",
+    "class_subset",
+    "clean_classname",
+    "draw_fewshot",
+    "fewshot_data",
+    "format_prompt",
+    "generate_fewshot",
+    "load_fewshot",
+    "load_image",
+    "load_images",
+    "read_split",
+    "save_fewshot",
+    "split_by_label",
+    "subsample_classes",
+    "template_for",
+    "validate_template",
+]
