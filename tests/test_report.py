@@ -1,0 +1,252 @@
+"""The report stage on fabricated evaluation JSONs: table values, HM convention, seeds, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pdiff.errors import PdiffError
+from pdiff.report import harmonic_mean, make_report, md_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+PARAMS = {
+    "protocols": {
+        "base2new": {"datasets": ["shapes", "icons"]},
+        "cross_dataset": {"source": "shapes", "targets": ["icons", "glyphs"]},
+        "domain_generalization": {"source": "shapes", "targets": ["shapes_sketch"]},
+    },
+    "methods": ["coop"],
+    "seeds": [1, 2],
+    "reference": False,
+}
+
+
+def _eval(mode, method, train_dataset, train_classes, seed, target, split, accuracy):
+    return {
+        "mode": mode,
+        "method": method,
+        "train_dataset": train_dataset,
+        "train_classes": train_classes,
+        "seed": seed,
+        "target": target,
+        "split": split,
+        "accuracy": accuracy,
+        "correct": round(accuracy),
+        "total": 100,
+        "ece": 0.05,
+        "seconds": 1.5,
+        "images_per_second": 200.0,
+        "nfe": 5 if mode == "diffusion" else 1,
+        "sampling": {"solver": "euler", "steps": 5} if mode == "diffusion" else None,
+    }
+
+
+# Accuracies chosen so that HM-of-averages differs from average-of-HMs and seeds differ.
+B2N = {  # (dataset, mode, seed) -> (base, new)
+    ("shapes", "baseline", 1): (80.0, 20.0),
+    ("shapes", "baseline", 2): (82.0, 24.0),
+    ("icons", "baseline", 1): (60.0, 60.0),
+    ("icons", "baseline", 2): (62.0, 56.0),
+    ("shapes", "diffusion", 1): (70.0, 40.0),
+    ("shapes", "diffusion", 2): (72.0, 42.0),
+    ("icons", "diffusion", 1): (58.0, 62.0),
+    ("icons", "diffusion", 2): (60.0, 60.0),
+}
+ZS = {("shapes", "base"): 50.0, ("shapes", "new"): 45.0, ("icons", "base"): 40.0}
+ZS |= {("icons", "new"): 44.0, ("shapes", "all"): 47.0, ("icons", "all"): 41.0}
+ZS |= {("glyphs", "all"): 30.0, ("shapes_sketch", "all"): 35.0}
+TRANSFER = {  # (target, mode, seed) -> accuracy, all from the shapes/all run
+    (t, mode, s): 10.0 * i + (3.0 if mode == "diffusion" else 0.0) + s
+    for i, t in enumerate(["shapes", "icons", "glyphs", "shapes_sketch"], start=4)
+    for mode in ("baseline", "diffusion")
+    for s in (1, 2)
+}
+
+
+def _write_inputs(tmp_path: Path) -> list[Path]:
+    paths = []
+
+    def put(name, record):
+        path = tmp_path / "evals" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+        paths.append(path)
+
+    for (d, mode, s), (base, new) in B2N.items():
+        put(f"b2n_{d}_{mode}_{s}_base.json", _eval(mode, "coop", d, "base", s, d, "base", base))
+        put(f"b2n_{d}_{mode}_{s}_new.json", _eval(mode, "coop", d, "base", s, d, "new", new))
+    for (t, split), a in ZS.items():
+        put(f"zs_{t}_{split}.json", _eval("zeroshot", "zeroshot", None, None, None, t, split, a))
+    for (t, mode, s), a in TRANSFER.items():
+        put(f"tr_{t}_{mode}_{s}.json", _eval(mode, "coop", "shapes", "all", s, t, "all", a))
+    return paths
+
+
+def _read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with path.open() as fh:
+        return {row["row"]: row for row in csv.DictReader(fh)}
+
+
+def _se(values):
+    mu = sum(values) / len(values)
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+@pytest.fixture
+def report(tmp_path):
+    out = tmp_path / "report"
+    make_report(_write_inputs(tmp_path), PARAMS, out)
+    return out
+
+
+def test_writes_every_output(report):
+    for name in [
+        "base2new.csv",
+        "base2new.md",
+        "cross_dataset.csv",
+        "cross_dataset.md",
+        "domain_generalization.csv",
+        "domain_generalization.md",
+        "summary.json",
+    ]:
+        assert (report / name).is_file(), name
+    for fig in ("base2new.png", "transfer.png"):
+        data = (report / "figures" / fig).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, fig
+    assert not list(report.rglob("*.partial"))
+
+
+def test_base2new_values(report):
+    rows = _read_csv(report / "base2new.csv")
+    assert list(rows) == ["zero-shot CLIP", "CoOp", "CoOp + prompt diffusion"]
+
+    coop = rows["CoOp"]
+    assert coop["n_seeds"] == "2"
+    # per dataset: mean over seeds; HM from the seed means
+    assert float(coop["shapes_base"]) == pytest.approx(81.0)
+    assert float(coop["shapes_new"]) == pytest.approx(22.0)
+    assert float(coop["shapes_hm"]) == pytest.approx(harmonic_mean(81.0, 22.0))
+    assert float(coop["shapes_base_se"]) == pytest.approx(_se([80.0, 82.0]))
+    # average: base and new averaged over datasets, HM computed from those averages
+    base = (81.0 + 61.0) / 2
+    new = (22.0 + 58.0) / 2
+    assert float(coop["average_base"]) == pytest.approx(base)
+    assert float(coop["average_new"]) == pytest.approx(new)
+    assert float(coop["average_hm"]) == pytest.approx(2 * base * new / (base + new))
+    mean_of_hms = (harmonic_mean(81.0, 22.0) + harmonic_mean(61.0, 58.0)) / 2
+    assert float(coop["average_hm"]) != pytest.approx(mean_of_hms)
+    # standard error of the per-seed averages
+    assert float(coop["average_base_se"]) == pytest.approx(_se([70.0, 72.0]))
+
+    zs = rows["zero-shot CLIP"]
+    assert zs["n_seeds"] == "1"
+    assert float(zs["average_base"]) == pytest.approx(45.0)
+    assert float(zs["average_new"]) == pytest.approx(44.5)
+    assert zs["average_base_se"] == ""  # one evaluation: no standard error
+
+    diff = rows["CoOp + prompt diffusion"]
+    assert float(diff["icons_new"]) == pytest.approx(61.0)
+
+    md = (report / "base2new.md").read_text()
+    assert "| CoOp + prompt diffusion |" in md
+    assert f"{base:.2f} ± {_se([70.0, 72.0]):.2f}" in md
+    assert "(published)" not in md
+
+
+def test_transfer_values(report):
+    rows = _read_csv(report / "cross_dataset.csv")
+    coop = rows["CoOp"]
+    assert float(coop["shapes"]) == pytest.approx(41.5)  # source, mean of seeds 1 and 2
+    assert float(coop["icons"]) == pytest.approx(51.5)
+    assert float(coop["glyphs"]) == pytest.approx(61.5)
+    assert float(coop["average"]) == pytest.approx(56.5)  # the source is not in the average
+    assert float(coop["average_se"]) == pytest.approx(_se([56.0, 57.0]))
+    assert float(rows["zero-shot CLIP"]["average"]) == pytest.approx((41.0 + 30.0) / 2)
+    assert float(rows["CoOp + prompt diffusion"]["average"]) == pytest.approx(59.5)
+
+    dg = _read_csv(report / "domain_generalization.csv")
+    assert float(dg["CoOp"]["shapes_sketch"]) == pytest.approx(71.5)
+    assert float(dg["CoOp"]["average"]) == pytest.approx(71.5)
+    assert float(dg["zero-shot CLIP"]["shapes"]) == pytest.approx(47.0)
+    assert "shapes (source)" in (report / "domain_generalization.md").read_text()
+
+
+def test_summary_full_precision(report):
+    summary = json.loads((report / "summary.json").read_text())
+    rows = {r["label"]: r for r in summary["base2new"]["rows"]}
+    base, new = 71.0, 40.0
+    assert rows["CoOp"]["average"]["hm"] == 2 * base * new / (base + new)  # exact, not rounded
+    assert rows["CoOp"]["per_seed"]["2"]["icons"] == {"base": 62.0, "new": 56.0}
+    assert summary["cross_dataset"]["source"] == "shapes"
+    assert summary["cost"]["CoOp + prompt diffusion"]["nfe"] == 5
+    assert len(summary["inputs"]) == 16 + 8 + 16
+
+
+def test_reference_rows(tmp_path):
+    out = tmp_path / "report"
+    make_report(_write_inputs(tmp_path), {**PARAMS, "reference": True}, out)
+    md = (out / "base2new.md").read_text()
+    assert "| CoOp (published) | 82.69 | 63.22 | 71.66 |" in md
+    assert "| PromptSRC (published) | 84.26 | 76.10 | 79.97 |" in md
+    # difference ours - published for CoOp's HM
+    ours = harmonic_mean(71.0, 40.0)
+    assert f"{ours - 71.66:+.2f}" in md
+    assert "zero-shot CLIP (published)" in md
+
+
+def test_only_some_protocols(tmp_path):
+    out = tmp_path / "report"
+    params = {**PARAMS, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}}
+    make_report(_write_inputs(tmp_path), params, out)
+    assert (out / "base2new.csv").is_file()
+    assert not (out / "cross_dataset.csv").exists()
+    assert not (out / "figures" / "transfer.png").exists()
+
+
+def test_missing_key_names_file(tmp_path):
+    paths = _write_inputs(tmp_path)
+    bad = paths[3]
+    record = json.loads(bad.read_text())
+    del record["accuracy"]
+    bad.write_text(json.dumps(record))
+    with pytest.raises(PdiffError, match=rf"{bad.name}.*accuracy"):
+        make_report(paths, PARAMS, tmp_path / "report")
+
+
+def test_missing_file_names_file(tmp_path):
+    paths = _write_inputs(tmp_path) + [tmp_path / "nowhere" / "x_all_baseline.json"]
+    with pytest.raises(PdiffError, match="x_all_baseline.json"):
+        make_report(paths, PARAMS, tmp_path / "report")
+
+
+def test_missing_evaluation_is_listed(tmp_path):
+    paths = [p for p in _write_inputs(tmp_path) if p.name != "b2n_icons_diffusion_2_new.json"]
+    with pytest.raises(PdiffError, match=r"CoOp \+ prompt diffusion on icons/new"):
+        make_report(paths, PARAMS, tmp_path / "report")
+
+
+def test_duplicate_evaluation(tmp_path):
+    paths = _write_inputs(tmp_path)
+    copy = tmp_path / "copy.json"
+    copy.write_text(paths[0].read_text())
+    with pytest.raises(PdiffError, match="copy.json"):
+        make_report([*paths, copy], PARAMS, tmp_path / "report")
+
+
+def test_bad_accuracy(tmp_path):
+    paths = _write_inputs(tmp_path)
+    record = json.loads(paths[0].read_text())
+    record["accuracy"] = 0.8e3
+    paths[0].write_text(json.dumps(record))
+    with pytest.raises(PdiffError, match=paths[0].name):
+        make_report(paths, PARAMS, tmp_path / "report")
+
+
+def test_md_table_renders_by_hand():
+    text = md_table(["Method", "A"], [["x|y", "1.00"]])
+    assert text.splitlines() == ["| Method | A |", "|:---|---:|", "| x\\|y | 1.00 |"]

@@ -1,0 +1,132 @@
+"""Every stage through the `pdiff` CLI on the tiny world: outputs, resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import pdiff.overfit
+from pdiff.cli import main
+from pdiff.store import read_store
+from tests.conftest import dataset_spec
+
+COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
+        "epochs": 2, "warmup_epochs": 1}
+OVERFIT = {"steps": 2, "lr": 0.01, "batch_size": 4}
+DIFFUSION = {"objective": "flow", "target": "residual", "normalise": "scalar", "depth": 1,
+             "width": 32, "heads": 2, "steps": 10, "batch_size": 8, "lr": 0.001,
+             "weight_decay": 0.0, "ema": 0.99, "cls_weight": 0.5}
+EVAL = {"evaluation": {"batch_size": 64},
+        "sampling": {"solver": "euler", "steps": 3, "start": "zero", "draws": 2}}
+
+
+def _run(*args: str) -> int:
+    return main([*args, "--threads", "1", "--log-level", "WARNING"])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, world, backbone_spec):
+    """fewshot -> train -> overfit -> fit-diffusion for CoOp on the base classes of `shapes`."""
+    d = tmp_path_factory.mktemp("run")
+    bb, ds = json.dumps(backbone_spec), json.dumps(dataset_spec("shapes"))
+    data = ["--data-root", world, "--dataset", ds]
+    assert _run("fewshot", *data, "--shots", "2", "--seed", "1", "--out", f"{d}/fs.json") == 0
+    assert _run("train", "--method", "coop", "--params", json.dumps(COOP), "--backbone", bb,
+                *data, "--fewshot", f"{d}/fs.json", "--classes", "base", "--seed", "1",
+                "--out", f"{d}/prompt.safetensors") == 0
+    assert _run("overfit", "--prompt", f"{d}/prompt.safetensors", "--backbone", bb, *data,
+                "--fewshot", f"{d}/fs.json", "--params", json.dumps(OVERFIT), "--seed", "1",
+                "--out", f"{d}/store.h5") == 0
+    assert _run("fit-diffusion", "--prompt", f"{d}/prompt.safetensors", "--store",
+                f"{d}/store.h5", "--backbone", bb, "--params", json.dumps(DIFFUSION),
+                "--seed", "1", "--out", f"{d}/dit.safetensors") == 0
+    return d
+
+
+def test_store_holds_one_overfitted_prompt_per_base_training_sample(run_dir):
+    store = read_store(run_dir / "store.h5", expect_method="coop")
+    assert store.num_samples == 4 * 2  # 4 base classes x 2 shots
+    assert set(store.labels.tolist()) == {0, 1, 2, 3}
+    assert store.token_shape == (4, 128)
+    assert (store.loss_after < store.loss_before).all()
+    assert not np.allclose(store.prompts, store.init_prompt[None])
+    with h5py.File(run_dir / "store.h5") as f:
+        assert f["prompts"].compression == "gzip" and f["prompts"].chunks is not None
+
+
+@pytest.mark.parametrize("mode", ["zeroshot", "baseline", "diffusion"])
+@pytest.mark.parametrize("split", ["base", "new"])
+def test_evaluate_writes_full_metrics(run_dir, world, backbone_spec, mode, split):
+    out = run_dir / f"eval_{mode}_{split}.json"
+    extra = [] if mode == "zeroshot" else ["--prompt", f"{run_dir}/prompt.safetensors"]
+    if mode == "diffusion":
+        extra += ["--dit", f"{run_dir}/dit.safetensors"]
+    assert _run("evaluate", "--mode", mode, *extra, "--backbone", json.dumps(backbone_spec),
+                "--data-root", world, "--dataset", json.dumps(dataset_spec("shapes")),
+                "--split", split, "--params", json.dumps(EVAL), "--out", str(out)) == 0
+    m = json.loads(out.read_text())
+    assert m["total"] == 4 * 3 and m["mode"] == mode and m["split"] == split
+    assert m["accuracy"] == pytest.approx(100 * m["correct"] / m["total"])
+    assert m["nfe"] == (2 * 3 if mode == "diffusion" else 0)  # 2 draws x 3 Euler steps
+
+
+def test_killed_overfit_resumes_to_the_same_store(run_dir, world, backbone_spec, monkeypatch):
+    args = ["overfit", "--prompt", f"{run_dir}/prompt.safetensors", "--backbone",
+            json.dumps(backbone_spec), "--data-root", world, "--dataset",
+            json.dumps(dataset_spec("shapes")), "--fewshot", f"{run_dir}/fs.json",
+            "--params", json.dumps(OVERFIT), "--seed", "1", "--out", f"{run_dir}/resumed.h5"]
+    real, calls = pdiff.overfit.overfit_batch, []
+
+    def dies_on_second_batch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands in for a kill in the middle of the job
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pdiff.overfit, "overfit_batch", dies_on_second_batch)
+    assert _run(*args) == 130
+    assert not (run_dir / "resumed.h5").exists()  # nothing that looks finished
+    monkeypatch.setattr(pdiff.overfit, "overfit_batch", real)
+    assert _run(*args) == 0
+    a, b = read_store(run_dir / "store.h5"), read_store(run_dir / "resumed.h5")
+    np.testing.assert_allclose(a.prompts, b.prompts, atol=1e-6)
+
+
+def test_store_of_another_backbone_is_refused(run_dir, tmp_path, capsys):
+    other = tmp_path / "other.h5"
+    with h5py.File(run_dir / "store.h5") as src, h5py.File(other, "w") as dst:
+        for k in src:
+            src.copy(k, dst)
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        dst.attrs["backbone"] = json.dumps({"model": "pdiff-tiny", "pretrained": "x",
+                                            "sha256": "0" * 64})
+    rc = _run("fit-diffusion", "--prompt", f"{run_dir}/prompt.safetensors", "--store",
+              str(other), "--backbone", json.dumps({"model": "pdiff-tiny",
+                                                    "pretrained": _pretrained(run_dir)}),
+              "--params", json.dumps(DIFFUSION), "--seed", "1", "--out", str(tmp_path / "d"))
+    assert rc == 2
+    assert "backbone" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def _pretrained(run_dir) -> str:
+    from pdiff.checkpoint import read_prompt_meta
+
+    return read_prompt_meta(run_dir / "prompt.safetensors")["backbone"]["pretrained"]
+
+
+def test_missing_inputs_fail_with_one_message(tmp_path, world, backbone_spec, capsys):
+    rc = _run("evaluate", "--mode", "baseline", "--prompt", str(tmp_path / "nope.safetensors"),
+              "--backbone", json.dumps(backbone_spec), "--data-root", world, "--dataset",
+              json.dumps(dataset_spec("shapes")), "--split", "base", "--params",
+              json.dumps(EVAL), "--out", str(tmp_path / "m.json"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "pdiff train" in err and err.count("\n") == 1
+    rc = _run("fewshot", "--data-root", str(tmp_path / "nowhere"), "--dataset",
+              json.dumps(dataset_spec("shapes")), "--shots", "2", "--seed", "1", "--out",
+              str(tmp_path / "f.json"))
+    assert rc == 2 and not (tmp_path / "f.json").exists()

@@ -1,0 +1,568 @@
+"""The Snakemake workflow without the `pdiff` CLI: lint, format, dry-run plans, bad configs, and
+the params rerun triggers (on a run whose `pdiff` is a stub that writes placeholder outputs).
+
+Nothing here writes into the repository's results/: every plan and run uses --directory into a
+temporary folder (lint and snakefmt only read the repo).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+SNAKEFMT = str(BIN / "snakefmt")
+DEMO = REPO / "config" / "config.yaml"
+SMOKE = REPO / "config" / "smoke.yaml"
+STAGES = ["data", "backbone", "prompts", "overfit", "diffusion", "evaluate", "report"]
+TIMEOUT = 600
+
+
+def _env(extra_path: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if extra_path is not None:
+        env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run(args, cwd=REPO, path=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(a) for a in args],
+        cwd=cwd,
+        env=_env(path),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def snakemake(workdir: Path, *args, configfile: Path = DEMO, path=None):
+    """Snakemake on the repo's Snakefile with its working directory in `workdir`."""
+    return run(
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            REPO / "Snakefile",
+            "--directory",
+            workdir,
+            "--configfile",
+            configfile,
+            "--workflow-profile",
+            "none",
+            *args,
+        ],
+        path=path,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The first 'Job stats' table of a dry run, rule -> count (empty: nothing to be done)."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    try:
+        start = lines.index("Job stats:")
+    except ValueError:
+        return counts
+    for line in lines[start + 1 :]:
+        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if m:
+            if m.group(1) == "total":
+                break
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def plan(workdir: Path, configfile: Path, *args) -> tuple[dict[str, int], str]:
+    res = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    return job_counts(out), out
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def write_config(tmp_path: Path, cfg: dict, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def expected_counts(cfg: dict) -> dict[str, int]:
+    """Job counts per rule that a config implies (an independent re-derivation of the DAG)."""
+    protocols = cfg["protocols"]
+    methods = [m for m in cfg["methods"] if m != "zeroshot"]
+    runs, evals, zeroshot = set(), set(), set()
+    for d in protocols.get("base2new", {}).get("datasets", []):
+        zeroshot |= {(d, "base"), (d, "new")}
+        for m in methods:
+            for s in cfg["seeds"]:
+                runs.add((d, m, "base", s))
+                evals |= {((d, m, "base", s), d, "base"), ((d, m, "base", s), d, "new")}
+    for p in ("cross_dataset", "domain_generalization"):
+        if p in protocols:
+            src = protocols[p]["source"]
+            for t in [src, *protocols[p]["targets"]]:
+                zeroshot.add((t, "all"))
+                for m in methods:
+                    for s in cfg["seeds"]:
+                        runs.add((src, m, "all", s))
+                        evals.add(((src, m, "all", s), t, "all"))
+    counts = {
+        "prepare": int(cfg["data"]["source"] == "synthetic"),
+        "pretrain": int(cfg["backbone"]["pretrained"] == "pretrain"),
+        "fewshot": len({(d, s) for d, _, _, s in runs}),
+        "train": len(runs),
+        "overfit": len(runs),
+        "fit_diffusion": len(runs),
+        "evaluate_baseline": len(evals),
+        "evaluate_diffusion": len(evals),
+        "evaluate_zeroshot": len(zeroshot),
+        "report": 1,
+        "all": 1,
+    }
+    return {k: v for k, v in counts.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# Static checks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/smoke.yaml"])
+def test_lint_clean(configfile):
+    res = run([SNAKEMAKE, "--lint", "--configfile", configfile])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations" in res.stdout + res.stderr
+
+
+def test_snakefmt_clean():
+    res = run([SNAKEFMT, "--check", "Snakefile", "workflow/"])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_one_file_per_stage_and_every_rule_complete():
+    rules_dir = REPO / "workflow" / "rules"
+    for stage in ["common", *STAGES]:
+        assert (rules_dir / f"{stage}.smk").is_file(), stage
+    snakefile = (REPO / "Snakefile").read_text()
+    assert re.findall(r"^rule (\w+):", snakefile, re.M) == ["all"], "the Snakefile stays thin"
+    for stage in STAGES:
+        text = (rules_dir / f"{stage}.smk").read_text()
+        blocks = re.split(r"^\s*rule (\w+):\n", text, flags=re.M)[1:]
+        assert blocks, stage
+        for name, body in zip(blocks[::2], blocks[1::2], strict=True):
+            for directive in ["log:", "benchmark:", "threads:", "resources:", "conda:", "params:"]:
+                assert directive in body, f"rule {name} lacks {directive}"
+            assert "mem_mb=" in body and "runtime=" in body, f"rule {name} resources"
+            assert '"../../envs/pdiff.yaml"' in body, f"rule {name} conda env"
+            assert "{threads}" in body and "> {log:q} 2>&1" in body, f"rule {name} shell"
+
+
+def test_smoke_config_is_self_contained():
+    """smoke.yaml validates alone (the tests use it without the demo config underneath)."""
+    demo, smoke = load(DEMO), load(SMOKE)
+    assert set(demo) <= set(smoke), set(demo) - set(smoke)
+    assert smoke["world"]["colours"] == 4 and smoke["world"]["objects"] == 3
+    assert smoke["backbone"]["pretrained"] == "pretrain"
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry-run plans
+# ---------------------------------------------------------------------------------------------
+
+
+def test_demo_plan(tmp_path):
+    counts, _ = plan(tmp_path, DEMO)
+    assert counts == expected_counts(load(DEMO))
+    assert sum(counts.values()) == 70  # 4 datasets base-to-new + 1 all-class source run
+
+
+def test_smoke_plan(tmp_path):
+    counts, _ = plan(tmp_path, SMOKE)
+    assert counts == expected_counts(load(SMOKE))
+    assert counts["pretrain"] == 1 and sum(counts.values()) == 36
+
+
+def test_more_seeds_and_methods_plan(tmp_path):
+    cfg = load(SMOKE)
+    cfg["seeds"] = [1, 2, 3]
+    cfg["methods"] = ["zeroshot", "coop", "cocoop"]
+    cfg["method_params"]["cocoop"] = {"n_ctx": 4, "lr": 0.002, "epochs": 2, "batch_size": 1}
+    counts, _ = plan(tmp_path, write_config(tmp_path, cfg))
+    assert counts == expected_counts(cfg)
+    assert counts["train"] == 3 * 2 * 3  # (2 base + 1 all) runs x 2 methods x 3 seeds
+
+
+def test_default_profile_plans(tmp_path):
+    res = run(
+        [
+            SNAKEMAKE,
+            "-n",
+            "--snakefile",
+            REPO / "Snakefile",
+            "--directory",
+            tmp_path,
+            "--configfile",
+            SMOKE,
+            "--workflow-profile",
+            REPO / "workflow" / "profiles" / "default",
+        ]
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    profile = load(REPO / "workflow" / "profiles" / "default" / "config.yaml")
+    assert profile["cores"] == 2 and profile["printshellcmds"] and profile["rerun-incomplete"]
+    assert "software-deployment-method" not in profile
+
+
+def test_coop_source_plans_without_datasets(tmp_path):
+    """Like the benchmark: datasets not on disk, no prepare job; a dry run still plans."""
+    cfg = load(SMOKE)
+    cfg["data"] = {"root": str(tmp_path / "no-data"), "source": "coop"}
+    cfg["backbone"]["pretrained"] = "openai"
+    counts, out = plan(tmp_path, write_config(tmp_path, cfg))
+    assert counts == expected_counts(cfg)
+    assert "prepare" not in counts and "pretrain" not in counts
+    assert "split_zhou_shapes.json is not on disk" in out
+
+
+def _shell_commands(out: str) -> list[list[str]]:
+    cmds = []
+    for line in out.splitlines():
+        if line.startswith("Shell command: "):
+            cmd = line[len("Shell command: ") :]
+            if cmd == "None":  # rule all
+                continue
+            assert cmd.endswith(" 2>&1"), cmd
+            cmds.append(shlex.split(cmd.rsplit(" > ", 1)[0]))
+    return cmds
+
+
+def test_shell_commands_follow_the_cli_contract(tmp_path):
+    res = snakemake(tmp_path, "-n", "-p", configfile=SMOKE)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cmds = _shell_commands(res.stdout + res.stderr)
+    smoke = load(SMOKE)
+    seen = Counter()
+    for argv in cmds:
+        assert argv[0] == "pdiff", argv
+        sub = argv[1]
+        opts: dict[str, list[str]] = {}
+        for i, a in enumerate(argv):
+            if a.startswith("--"):
+                opts.setdefault(a[2:], []).append(argv[i + 1] if i + 1 < len(argv) else "")
+        assert "threads" in opts, argv
+        for k in ("params", "dataset", "backbone", "world"):
+            if k in opts:
+                assert isinstance(json.loads(opts[k][0]), dict), (k, argv)
+        if "backbone" in opts:
+            backbone = json.loads(opts["backbone"][0])
+            assert backbone == {
+                "model": "pdiff-tiny",
+                "pretrained": "results/smoke/backbone/pdiff-tiny.safetensors",
+            }
+        if "dataset" in opts:
+            ds = json.loads(opts["dataset"][0])
+            assert ds == {"name": ds["name"], **smoke["datasets"][ds["name"]]}
+        if sub == "evaluate":
+            mode = opts["mode"][0]
+            params = json.loads(opts["params"][0])
+            want = {"evaluation": smoke["evaluation"]}
+            if mode == "diffusion":
+                want["sampling"] = smoke["sampling"]
+                assert opts["dit"][0].endswith("dit.safetensors")
+            else:
+                assert "dit" not in opts
+            assert params == want, argv
+            if mode == "zeroshot":
+                assert "prompt" not in opts and opts["seed"] == ["0"]
+            seen[f"evaluate-{mode}"] += 1
+        else:
+            seen[sub] += 1
+        if sub == "train":
+            assert json.loads(opts["params"][0]) == smoke["method_params"]["coop"]
+        if sub == "overfit":
+            assert json.loads(opts["params"][0]) == smoke["overfit"]
+        if sub == "fit-diffusion":
+            assert json.loads(opts["params"][0]) == smoke["diffusion"]
+        if sub == "pretrain":
+            assert json.loads(opts["params"][0]) == smoke["backbone"]["pretrain"]
+            world = {k: smoke["world"][k] for k in ("colours", "objects", "image_size")}
+            assert json.loads(opts["world"][0]) == world
+        if sub == "prepare":
+            assert json.loads(opts["params"][0]) == smoke["world"]
+        if sub == "report":
+            assert json.loads(opts["params"][0]) == {
+                "protocols": smoke["protocols"],
+                "methods": smoke["methods"],
+                "seeds": smoke["seeds"],
+                "reference": smoke["report"]["reference"],
+            }
+            assert len(opts["inputs"]) == 1  # (one flag, many values)
+    assert seen == {
+        "prepare": 1,
+        "pretrain": 1,
+        "fewshot": 2,
+        "train": 3,
+        "overfit": 3,
+        "fit-diffusion": 3,
+        "evaluate-baseline": 7,
+        "evaluate-diffusion": 7,
+        "evaluate-zeroshot": 7,
+        "report": 1,
+    }
+
+
+@pytest.mark.parametrize("configfile", [DEMO, SMOKE])
+def test_shell_commands_parse_with_the_cli(tmp_path, configfile):
+    """Every planned command is accepted by the real `pdiff` parser (skipped without it)."""
+    cli = pytest.importorskip("pdiff.cli")
+    res = snakemake(tmp_path, "-n", "-p", configfile=configfile)
+    assert res.returncode == 0, res.stdout + res.stderr
+    parser = cli.build_parser()
+    for argv in _shell_commands(res.stdout + res.stderr):
+        try:
+            parser.parse_args(argv[1:])
+        except SystemExit:
+            pytest.fail(f"pdiff rejects: {shlex.join(argv)[:500]}")
+
+
+def test_conda_env_mirrors_pyproject():
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = load(REPO / "envs" / "pdiff.yaml")
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "python=3.11" in env["dependencies"]
+    want = {re.split(r"[<>=!~ ]", d)[0].lower() for d in deps} - {"snakemake"}
+    have = {re.split(r"[<>=!~ ]", d)[0].lower() for d in pip}
+    assert want <= have, want - have
+    assert (REPO / "envs" / "pdiff.post-deploy.sh").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad configs are rejected before any job, naming the key
+# ---------------------------------------------------------------------------------------------
+
+
+def _set(cfg: dict, dotted: str, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("methods", ["coop", "foo"], ["methods", "'foo' is not one of"]),
+        ("shots", 0, ["shots", "minimum of 1"]),
+        ("sampling.steps", 0, ["['sampling']['steps']", "minimum of 1"]),
+        ("sampling.solver", "dopri5", ["['sampling']['solver']"]),
+        ("diffusion.objective", "ddpm", ["['diffusion']['objective']"]),
+        ("seeds", [], ["seeds"]),
+        ("seeds", [0], ["seeds"]),
+        ("overfit.lr_typo", 0.1, ["lr_typo", "overfit"]),
+        (
+            "protocols.base2new.datasets",
+            ["shapes", "nope"],
+            ["protocols.base2new.datasets", "'nope'", "datasets"],
+        ),
+        (
+            "protocols.cross_dataset.targets",
+            ["imagenet"],
+            ["protocols.cross_dataset.targets", "'imagenet'"],
+        ),
+        ("methods", ["coop", "maple"], ["method_params", "'maple'"]),
+        ("diffusion.heads", 3, ["diffusion.width", "diffusion.heads"]),
+    ],
+)
+def test_bad_config_rejected(tmp_path, key, value, expected):
+    cfg = _set(load(SMOKE), key, value)
+    res = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, cfg))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    for text in expected:
+        assert text in out, (text, out[-2000:])
+    assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Params rerun triggers, on a real run of the smoke DAG with a stub `pdiff`
+# ---------------------------------------------------------------------------------------------
+
+STUB = '''\
+#!{python}
+"""Stand-in for the pdiff CLI: placeholder outputs, valid evaluation JSON, the real report."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, {repo!r})
+argv = sys.argv[1:]
+sub, opts, key = argv[0], {{}}, None
+for a in argv[1:]:
+    if a.startswith("--"):
+        key = a[2:]
+        opts[key] = []
+    else:
+        opts[key].append(a)
+
+
+def put(path, text="stub\\n"):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if sub == "prepare":
+    put(opts["manifest"][0], json.dumps({{"world": json.loads(opts["params"][0])}}))
+elif sub == "pretrain":
+    put(opts["out"][0])
+    put(opts["metrics"][0], "{{}}")
+elif sub == "evaluate":
+    mode = opts["mode"][0]
+    rec = dict(mode=mode, method="zeroshot", train_dataset=None, train_classes=None, seed=None)
+    if mode != "zeroshot":
+        d, m, classes, seed = Path(opts["prompt"][0]).parts[-5:-1]
+        rec.update(method=m, train_dataset=d, train_classes=classes, seed=int(seed[4:]))
+    rec.update(
+        target=json.loads(opts["dataset"][0])["name"], split=opts["split"][0], accuracy=50.0,
+        correct=50, total=100, ece=0.1, seconds=0.1, images_per_second=1000.0, nfe=1,
+        sampling=json.loads(opts["params"][0]).get("sampling"),
+    )
+    put(opts["out"][0], json.dumps(rec))
+elif sub == "report":
+    from pdiff.report import make_report
+
+    make_report([Path(p) for p in opts["inputs"]], json.loads(opts["params"][0]),
+                Path(opts["out-dir"][0]))
+else:
+    put(opts["out"][0])
+'''
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The smoke DAG run once with the stub CLI; returns (workdir, bin dir)."""
+    root = tmp_path_factory.mktemp("smoke_run")
+    bindir = root / "bin"
+    bindir.mkdir()
+    stub = bindir / "pdiff"
+    stub.write_text(STUB.format(python=sys.executable, repo=str(REPO)))
+    stub.chmod(0o755)
+    workdir = root / "work"
+    workdir.mkdir()
+    res = snakemake(workdir, "--cores", "2", configfile=SMOKE, path=bindir)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return workdir, bindir
+
+
+def _replan(smoke_run, tmp_path, change: dict) -> dict[str, int]:
+    workdir, bindir = smoke_run
+    cfg = load(SMOKE)
+    for key, value in change.items():
+        cfg = _set(cfg, key, value)
+    res = snakemake(
+        workdir,
+        "-n",
+        "--quiet",
+        "rules",
+        configfile=write_config(tmp_path, cfg),
+        path=bindir,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return job_counts(res.stdout + res.stderr)
+
+
+def test_stub_run_writes_the_report(smoke_run):
+    workdir, _ = smoke_run
+    report = workdir / "results" / "smoke" / "report"
+    for name in ["base2new.csv", "cross_dataset.md", "domain_generalization.csv", "summary.json"]:
+        assert (report / name).is_file(), name
+    assert (report / "figures" / "base2new.png").read_bytes().startswith(b"\x89PNG")
+    assert (workdir / "results/smoke/logs/train/shapes/coop/base/seed1.log").is_file()
+    assert (workdir / "results/smoke/benchmarks/report/report.tsv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, {}),
+        ({"sampling.solver": "rk4"}, {"evaluate_diffusion": 7, "report": 1, "all": 1}),
+        (
+            {"overfit.lr": 0.02},
+            {"overfit": 3, "fit_diffusion": 3, "evaluate_diffusion": 7, "report": 1, "all": 1},
+        ),
+        (
+            {"diffusion.cls_weight": 0.5},
+            {"fit_diffusion": 3, "evaluate_diffusion": 7, "report": 1, "all": 1},
+        ),
+        (
+            {"method_params.coop.epochs": 3},
+            {
+                "train": 3,
+                "overfit": 3,
+                "fit_diffusion": 3,
+                "evaluate_baseline": 7,
+                "evaluate_diffusion": 7,
+                "report": 1,
+                "all": 1,
+            },
+        ),
+        (
+            {"evaluation.batch_size": 128},
+            {
+                "evaluate_baseline": 7,
+                "evaluate_diffusion": 7,
+                "evaluate_zeroshot": 7,
+                "report": 1,
+                "all": 1,
+            },
+        ),
+        ({"report.reference": True}, {"report": 1, "all": 1}),
+        (
+            {"world.cast": 0.3},  # new datasets, same label space: no new pretraining
+            {
+                "prepare": 1,
+                "fewshot": 2,
+                "train": 3,
+                "overfit": 3,
+                "fit_diffusion": 3,
+                "evaluate_baseline": 7,
+                "evaluate_diffusion": 7,
+                "evaluate_zeroshot": 7,
+                "report": 1,
+                "all": 1,
+            },
+        ),
+    ],
+    ids=[
+        "unchanged",
+        "solver",
+        "overfit-lr",
+        "cls-weight",
+        "epochs",
+        "eval-batch",
+        "reference",
+        "world-cast",
+    ],
+)
+def test_params_rerun_only_what_depends_on_them(smoke_run, tmp_path, change, expected):
+    assert _replan(smoke_run, tmp_path, change) == expected
