@@ -379,6 +379,9 @@ def _set(cfg: dict, dotted: str, value) -> dict:
         ("seeds", [], ["seeds"]),
         ("seeds", [0], ["seeds"]),
         ("overfit.lr_typo", 0.1, ["lr_typo", "overfit"]),
+        ("method_params.coop.n_ctxx", 4, ["n_ctxx", "['method_params']['coop']"]),
+        ("world.colours", 1, ["['world']['colours']"]),
+        ("data.source", "imagenet", ["['data']['source']"]),
         (
             "protocols.base2new.datasets",
             ["shapes", "nope"],

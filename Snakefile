@@ -1,0 +1,45 @@
+# pdiff: prompt diffusion for CLIP prompt learning.
+#
+#   snakemake --cores 2                                    the embedded demo (config/config.yaml)
+#   snakemake --cores 2 --configfile config/smoke.yaml     a tiny end-to-end run (tests)
+#   snakemake -n --configfile config/benchmark.yaml        plan the paper's suite
+#   snakemake --workflow-profile workflow/profiles/default  local defaults (2 cores, ...)
+#   snakemake --report report.html                         browsable tables and figures
+#
+# Every rule calls one `pdiff` subcommand; stages live in workflow/rules/, one file each.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+
+
+localrules:
+    all,
+    report,
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/backbone.smk"
+include: "workflow/rules/prompts.smk"
+include: "workflow/rules/overfit.smk"
+include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"

@@ -1,0 +1,30 @@
+# Backbone: regenerate the demo's tiny CLIP by contrastive pretraining on captioned images drawn
+# procedurally from the world (only when backbone.pretrained is "pretrain"; otherwise the
+# backbone is the shipped checkpoint, an open_clip tag or a checkpoint path, and no job makes it).
+# Pretraining reads only the world's label space and image size (PRETRAIN_WORLD_KEYS), not the
+# downstream datasets, so it neither waits for `prepare` nor reruns when e.g. the cast changes.
+
+if PRETRAIN:
+
+    rule pretrain:
+        output:
+            model=f"{RESULTS}/backbone/{{model}}.safetensors",
+            metrics=f"{RESULTS}/backbone/{{model}}.json",
+        log:
+            f"{RESULTS}/logs/pretrain/{{model}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/pretrain/{{model}}.tsv"
+        conda:
+            "../../envs/pdiff.yaml"
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=180,
+            gpu=GPU,
+        params:
+            pretrain=to_json(config["backbone"]["pretrain"]),
+            world=to_json({k: config["world"][k] for k in PRETRAIN_WORLD_KEYS}),
+        shell:
+            "pdiff pretrain --params {params.pretrain:q} --world {params.world:q}"
+            " --model {wildcards.model:q} --out {output.model:q}"
+            " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,48 @@
+# Data: the synthetic demo world (only when data.source is synthetic) and CoOp few-shot draws.
+# With data.source: coop the datasets are already on disk and jobs depend on their split files.
+
+if SYNTHETIC:
+
+    rule prepare:
+        output:
+            manifest=MANIFEST,
+        log:
+            f"{RESULTS}/logs/prepare/world.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/prepare/world.tsv"
+        conda:
+            "../../envs/pdiff.yaml"
+        threads: 2
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            world=to_json(config["world"]),
+            data_root=data_root,
+        shell:
+            "pdiff prepare --params {params.world:q} --data-root {params.data_root:q}"
+            " --manifest {output.manifest:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule fewshot:
+    input:
+        data=lambda wildcards: dataset_input(wildcards.dataset),
+    output:
+        f"{RESULTS}/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.json",
+    log:
+        f"{RESULTS}/logs/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.tsv"
+    conda:
+        "../../envs/pdiff.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        dataset=lambda wildcards: dataset_json(wildcards.dataset),
+        data_root=data_root,
+    shell:
+        "pdiff fewshot --data-root {params.data_root:q} --dataset {params.dataset:q}"
+        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,33 @@
+# Per-sample overfitting: from the learned prompt, a few steps on each training sample's own loss
+# give its overfitted prompt; all of them, with the frozen image features, go to an HDF5 store.
+
+
+rule overfit:
+    input:
+        unpack(backbone_input),
+        prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
+        fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
+        data=lambda wildcards: dataset_input(wildcards.dataset),
+    output:
+        store=f"{RESULTS}/runs/{RUN}/store.h5",
+    log:
+        f"{RESULTS}/logs/overfit/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/overfit/{RUN}.tsv"
+    conda:
+        "../../envs/pdiff.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=GPU,
+    params:
+        overfit=to_json(config["overfit"]),
+        backbone=backbone_json(),
+        dataset=lambda wildcards: dataset_json(wildcards.dataset),
+        data_root=data_root,
+    shell:
+        "pdiff overfit --prompt {input.prompt:q} --backbone {params.backbone:q}"
+        " --data-root {params.data_root:q} --dataset {params.dataset:q}"
+        " --fewshot {input.fewshot:q} --params {params.overfit:q} --seed {wildcards.seed}"
+        " --out {output.store:q} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,32 @@
+# The report: base-to-new, cross-dataset and domain-generalisation tables (CSV + Markdown), figures
+# and a full-precision summary.json, from the evaluation JSONs only.
+
+
+rule report:
+    input:
+        report_inputs(),
+    output:
+        **report_outputs(),
+    log:
+        f"{RESULTS}/logs/report/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/report.tsv"
+    conda:
+        "../../envs/pdiff.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        report=to_json(
+            {
+                "protocols": config["protocols"],
+                "methods": config["methods"],
+                "seeds": config["seeds"],
+                "reference": config["report"]["reference"],
+            }
+        ),
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+    shell:
+        "pdiff report --inputs {input:q} --params {params.report:q}"
+        " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
