@@ -96,6 +96,34 @@ def resolve_checkpoint(model: str, pretrained: str | None) -> Path | None:
     return cached
 
 
+def fetch_weights(model: str, pretrained: str, cache_dir: Path | None = None) -> Path:
+    """Download an open_clip pretrained tag once and store it in the weights cache.
+
+    The only step that touches the network (a local rule on a login node); compute jobs then
+    load the cached file and never go online.
+    """
+    register_model_configs()
+    out = (cache_dir or weights_cache_dir()) / model / f"{pretrained}.safetensors"
+    if out.exists():
+        log.info("weights already cached: %s", out)
+        return out
+    try:
+        net = open_clip.create_model(model, pretrained=pretrained)
+    except Exception as exc:
+        raise PdiffError(
+            f"could not fetch {model}/{pretrained}: {exc}; run this on a machine with internet "
+            "access, or copy the checkpoint into the cache folder ($PDIFF_WEIGHTS)"
+        ) from exc
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, out)
+    log.info("cached %s/%s at %s", model, pretrained, out)
+    return out
+
+
 def backbone_identity(spec: dict) -> dict:
     """The spec plus the checkpoint hash: what artifacts record and compare."""
     path = resolve_checkpoint(spec["model"], spec.get("pretrained"))

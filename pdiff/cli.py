@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     _common(p)
 
+    p = sub.add_parser("fetch-weights", help="download open_clip weights once into the cache")
+    p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-16")
+    p.add_argument("--pretrained", required=True, help="open_clip pretrained tag, e.g. openai")
+    p.add_argument("--cache-dir", help="default: $PDIFF_WEIGHTS or ~/.cache/pdiff/weights")
+    _common(p)
+
     p = sub.add_parser("fewshot", help="draw the K-shot training/validation split (CoOp)")
     _data_args(p)
     p.add_argument("--shots", type=int, required=True)
@@ -131,6 +137,11 @@ def run(args: argparse.Namespace) -> None:
         from pdiff.pretrain import pretrain
 
         pretrain(args.params, args.world, args.model, Path(args.out), Path(args.metrics))
+    elif cmd == "fetch-weights":
+        from pdiff.backbone import fetch_weights
+
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        print(fetch_weights(args.model, args.pretrained, cache))
     elif cmd == "fewshot":
         from pdiff.data import DatasetSpec, draw_fewshot, read_split, save_fewshot
 

@@ -72,3 +72,11 @@ def test_a_corrupt_checkpoint_is_reported(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(PdiffError, match="could not load"):
         load_backbone({"model": "pdiff-tiny", "pretrained": str(bad)})
+
+
+def test_fetch_weights_offline_fails_clearly_and_leaves_nothing(tmp_path):
+    from pdiff.backbone import fetch_weights
+
+    with pytest.raises(PdiffError, match="could not fetch ViT-B-16/openai"):
+        fetch_weights("ViT-B-16", "openai", tmp_path)
+    assert not list(tmp_path.rglob("*.safetensors"))
