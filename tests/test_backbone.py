@@ -80,3 +80,17 @@ def test_fetch_weights_offline_fails_clearly_and_leaves_nothing(tmp_path):
     with pytest.raises(PdiffError, match="could not fetch ViT-B-16/openai"):
         fetch_weights("ViT-B-16", "openai", tmp_path)
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_shipped_checkpoint_matches_its_recipe_and_loads():
+    import json
+
+    from pdiff.backbone import ASSET_DIR, file_sha256
+
+    recipe = json.loads((ASSET_DIR / "pdiff-tiny.json").read_text())
+    path = ASSET_DIR / recipe["file"]
+    assert path.stat().st_size <= 20 * 2**20
+    assert file_sha256(str(path)) == recipe["sha256"]
+    bb = load_backbone({"model": "pdiff-tiny", "pretrained": "shipped"})
+    assert bb.identity["sha256"] == recipe["sha256"]
+    assert "pdiff pretrain" in recipe["command"]
