@@ -2,7 +2,6 @@
 #
 #   snakemake --cores 2                                    the embedded demo (config/config.yaml)
 #   snakemake --cores 2 --configfile config/smoke.yaml     a tiny end-to-end run (tests)
-#   snakemake -n --configfile config/benchmark.yaml        plan the paper's suite
 #   snakemake --workflow-profile workflow/profiles/default  local defaults (2 cores, ...)
 #   snakemake --report report.html                         browsable tables and figures
 #

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pdiff import __version__
 from pdiff.errors import PdiffError
-from pdiff.utils import setup_logging, write_json
+from pdiff.utils import keep_freed_memory, setup_logging, write_json
 
 log = logging.getLogger("pdiff")
 
@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    keep_freed_memory()
     if args.threads:
         import torch
 

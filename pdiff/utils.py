@@ -59,6 +59,23 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory in the heap instead of unmapping it.
+
+    Per-sample prompts make activations of hundreds of MB (B x C text sequences). By default glibc
+    maps such blocks fresh and returns them to the kernel on every free, so every step re-faults
+    them: measured on a 2-core CPU, a third of an evaluation's time went to the kernel.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks below 1 GiB from the heap
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not hand the heap top back
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),

@@ -15,7 +15,7 @@ rule fit_diffusion:
         f"{RESULTS}/benchmarks/fit_diffusion/{RUN}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=120,

@@ -16,7 +16,7 @@ rule train:
         f"{RESULTS}/benchmarks/train/{RUN}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
