@@ -14,6 +14,8 @@ import open_clip
 import torch
 
 from pdiff.backbone import encode_text_embeddings, register_model_configs
+from pdiff.data.synthetic import WorldSpec
+from pdiff.utils import keep_freed_memory
 
 
 def timed(fn, repeats: int) -> float:
@@ -32,11 +34,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the `pdiff` CLI does
     register_model_configs()
     torch.manual_seed(0)
     model = open_clip.create_model(args.model, pretrained=None).eval()
     tok = open_clip.get_tokenizer(args.model)
-    names = [f"class number {i} thing" for i in range(args.batch)]
+    # Class names as in the demo world ("<colour> <object>"), repeated to the batch size.
+    world = WorldSpec().classnames("shapes") + WorldSpec().classnames("icons")
+    names = [world[i % len(world)] for i in range(args.batch)]
     tokens = tok([" ".join(["X"] * 16) + f" {n}." for n in names])
     emb = model.token_embedding(tokens)
     eot = tokens.argmax(-1)
