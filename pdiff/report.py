@@ -302,17 +302,24 @@ def _base2new(rows, seeds, datasets, acc) -> list[dict]:
         }
         out.append(
             {
-                "label": row.label,
-                "method": row.method,
-                "mode": row.mode,
-                "n_seeds": len(row_seeds),
-                "seeds": [s for s in row_seeds if s is not None],
+                **_row_header(row, row_seeds),
                 "per_dataset": per_dataset,
                 "average": average,
                 "per_seed": per_seed,
             }
         )
     return out
+
+
+def _row_header(row, row_seeds) -> dict:
+    """The identifying fields every summary row starts with."""
+    return {
+        "label": row.label,
+        "method": row.method,
+        "mode": row.mode,
+        "n_seeds": len(row_seeds),
+        "seeds": [s for s in row_seeds if s is not None],
+    }
 
 
 def _transfer(rows, seeds, source, targets, acc) -> list[dict]:
@@ -331,11 +338,7 @@ def _transfer(rows, seeds, source, targets, acc) -> list[dict]:
         avg = [_mean([a[s][t] for t in targets]) for s in row_seeds]
         out.append(
             {
-                "label": row.label,
-                "method": row.method,
-                "mode": row.mode,
-                "n_seeds": len(row_seeds),
-                "seeds": [s for s in row_seeds if s is not None],
+                **_row_header(row, row_seeds),
                 "source": {"dataset": source, **columns[source]},
                 "targets": {t: columns[t] for t in targets},
                 "average": {"accuracy": _mean(avg), "se": _se(avg)},
