@@ -141,8 +141,6 @@ class Backbone:
     model: nn.Module
     tokenizer: open_clip.tokenizer.SimpleTokenizer
     identity: dict
-    mean: torch.Tensor
-    std: torch.Tensor
     image_size: int
 
     @property
@@ -167,7 +165,7 @@ class Backbone:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size),
                                    mode="bicubic", align_corners=False).clamp(0, 1)
-        return (images - self.mean[:, None, None]) / self.std[:, None, None]
+        return normalise_images(self.model, images)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -197,6 +195,14 @@ class Backbone:
         feats = self.encode_text_embeddings(self.token_embeddings(tokens),
                                             tokens.argmax(-1), truncate)
         return F.normalize(feats, dim=-1)
+
+
+def normalise_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] in [0,1] -> the model's input normalisation (shared by pretraining and use)."""
+    cfg = model.visual.preprocess_cfg
+    mean = torch.tensor(cfg["mean"], device=images.device)[:, None, None]
+    std = torch.tensor(cfg["std"], device=images.device)[:, None, None]
+    return (images - mean) / std
 
 
 def encode_text_embeddings(
@@ -240,7 +246,6 @@ def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:
         ) from exc
     model.eval().requires_grad_(False)
     model.float()
-    cfg = model.visual.preprocess_cfg
     identity = {"model": model_name, "pretrained": pretrained,
                 "sha256": file_sha256(str(path)) if path else None}
     log.info("backbone %s (%s), sha256 %s", model_name, pretrained,
@@ -249,8 +254,6 @@ def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:
         model=model,
         tokenizer=open_clip.get_tokenizer(model_name),
         identity=identity,
-        mean=torch.tensor(cfg["mean"], device=device),
-        std=torch.tensor(cfg["std"], device=device),
         image_size=model.visual.image_size[0],
     )
 

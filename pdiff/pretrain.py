@@ -21,7 +21,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pdiff import __version__
-from pdiff.backbone import encode_text_embeddings, file_sha256, register_model_configs
+from pdiff.backbone import (
+    encode_text_embeddings,
+    file_sha256,
+    normalise_images,
+    register_model_configs,
+)
 from pdiff.data.synthetic import FAMILIES, STYLES, CaptionSampler, WorldSpec, render_batch
 from pdiff.utils import atomic_path, set_seed, write_json
 
@@ -57,10 +62,7 @@ def _text_features(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _image_features(model, images: torch.Tensor) -> torch.Tensor:
-    cfg = model.visual.preprocess_cfg
-    mean = torch.tensor(cfg["mean"])[:, None, None]
-    std = torch.tensor(cfg["std"])[:, None, None]
-    return F.normalize(model.encode_image((images - mean) / std), dim=-1)
+    return F.normalize(model.encode_image(normalise_images(model, images)), dim=-1)
 
 
 @torch.no_grad()
