@@ -184,9 +184,29 @@ class Backbone:
         return self.model.token_embedding(tokens)
 
     def encode_text_embeddings(
-        self, x: torch.Tensor, eot: torch.Tensor, truncate: bool = True
+        self, x: torch.Tensor, eot: torch.Tensor, truncate: bool = True,
+        deep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return encode_text_embeddings(self.model, x, eot, truncate)
+        return encode_text_embeddings(self.model, x, eot, truncate, deep)
+
+    @property
+    def vision_width(self) -> int:
+        return self.model.visual.conv1.out_channels
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.model.visual.transformer.resblocks)
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.model.transformer.resblocks)
+
+    def encode_images_prompted(self, images: torch.Tensor, prompts: torch.Tensor | None
+                               ) -> torch.Tensor:
+        """L2-normalised features of images [B,3,H,W] in [0,1] under deep visual prompts
+        [P, D, n, W] (P in {1, B}); differentiable in the prompts."""
+        feats = encode_image_prompted(self.model, self.preprocess(images), prompts)
+        return F.normalize(feats, dim=-1)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], truncate: bool = True) -> torch.Tensor:
@@ -205,29 +225,84 @@ def normalise_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / std
 
 
+def _run_blocks(transformer: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None,
+                inject=None) -> torch.Tensor:
+    """Run open_clip's own residual blocks on batch-first `x`; `inject(i, x)` may replace
+    prompt tokens before block i (deep prompts), so open_clip is never forked or patched."""
+    if not transformer.batch_first:
+        x = x.transpose(0, 1)
+    for i, block in enumerate(transformer.resblocks):
+        if inject is not None and i > 0:
+            x = inject(i, x if transformer.batch_first else x.transpose(0, 1))
+            x = x if transformer.batch_first else x.transpose(0, 1)
+        x = block(x, attn_mask=attn_mask)
+    return x if transformer.batch_first else x.transpose(0, 1)
+
+
+def _replace(x: torch.Tensor, start: int, tokens: torch.Tensor) -> torch.Tensor:
+    """x with positions start..start+n replaced by `tokens` [N, n, W] (differentiable)."""
+    stop = start + tokens.shape[1] if start >= 0 else x.shape[1] + start + tokens.shape[1]
+    start = start if start >= 0 else x.shape[1] + start
+    return torch.cat([x[:, :start], tokens.to(x.dtype), x[:, stop:]], dim=1)
+
+
 def encode_text_embeddings(
-    model: nn.Module, x: torch.Tensor, eot: torch.Tensor, truncate: bool = True
+    model: nn.Module, x: torch.Tensor, eot: torch.Tensor, truncate: bool = True,
+    deep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Encode token embeddings [N, L, W] pooled at end-of-text positions `eot` [N].
 
     The text tower is causal and pools at the end-of-text token, so positions after the
     longest end-of-text in the batch cannot change any output: cutting them is exact and
-    saves most of the work (77 positions -> ~12 for CoOp-style prompts). We iterate
-    open_clip's own residual blocks so that methods can inject deep prompts between them.
+    saves most of the work (77 positions -> ~12 for CoOp-style prompts). `deep` [N, D, n, W]
+    replaces the n context tokens after start-of-text before blocks 1..D (MaPLe, PromptSRC).
     """
     length = int(eot.max()) + 1 if truncate else x.shape[1]
     x = x[:, :length] + model.positional_embedding[:length].to(x.dtype)
     mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
-    blocks = model.transformer
-    if not blocks.batch_first:
-        x = x.transpose(0, 1)
-    for block in blocks.resblocks:
-        x = block(x, attn_mask=mask)
-    if not blocks.batch_first:
-        x = x.transpose(0, 1)
+    inject = None
+    if deep is not None and deep.shape[1]:
+        def inject(i: int, h: torch.Tensor) -> torch.Tensor:
+            return _replace(h, 1, deep[:, i - 1]) if i <= deep.shape[1] else h
+    x = _run_blocks(model.transformer, x, mask, inject)
     x = model.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot]
     return x @ model.text_projection
+
+
+def encode_image_prompted(model: nn.Module, pixels: torch.Tensor,
+                          prompts: torch.Tensor | None) -> torch.Tensor:
+    """Image features with deep visual prompts (VPT-deep, MaPLe, PromptSRC), unnormalised.
+
+    `pixels` [B, 3, H, W] are model inputs (normalised); `prompts` [P, D, n, W] with P in {1, B}:
+    n tokens appended after the patch tokens at the input (before ln_pre, as VPT and MaPLe do)
+    and replaced before each of blocks 1..D-1. They are dropped before pooling, so the class
+    token pools exactly as in open_clip; with no prompts this equals `model.encode_image`.
+    """
+    v = model.visual
+    if v.attn_pool is not None:
+        raise PdiffError("visual prompts need a ViT with token pooling; this model uses an "
+                         "attention pooler (pick a plain ViT such as ViT-B-16)")
+    x = v.conv1(pixels)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+    x = v.patch_dropout(x)
+    n = 0
+    if prompts is not None and prompts.shape[1]:
+        prompts = prompts.expand(x.shape[0], -1, -1, -1)
+        n = prompts.shape[2]
+        x = torch.cat([x, prompts[:, 0].to(x.dtype)], dim=1)
+    x = v.ln_pre(x)
+    inject = None
+    if n:
+        def inject(i: int, h: torch.Tensor) -> torch.Tensor:
+            return _replace(h, -n, prompts[:, i]) if i < prompts.shape[1] else h
+    x = _run_blocks(v.transformer, x, None, inject)
+    if n:
+        x = x[:, :-n]
+    pooled, _ = v._pool(x)  # open_clip's own pooling (class token or mean, ln_post order)
+    return pooled @ v.proj if v.proj is not None else pooled
 
 
 def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:

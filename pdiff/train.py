@@ -42,7 +42,9 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: dict) -> torch.optim.O
                                weight_decay=cfg.get("weight_decay", 5e-4))
     if name == "adam":
         return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    raise PdiffError(f"unknown optimizer '{name}'; use sgd or adam")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    raise PdiffError(f"unknown optimizer '{name}'; use sgd, adam or adamw")
 
 
 def epoch_lr(epoch: int, cfg: dict) -> float:
@@ -65,8 +67,7 @@ def accuracy(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, batch: 
 def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: dict,
                gen: torch.Generator) -> list[float]:
     """The training loop; returns the mean loss of every epoch."""
-    params = [p for p in method.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
+    opt = make_optimizer(method.learnable_parameters(), cfg)
     history = []
     n, bs = len(inputs), cfg["batch_size"]
     for epoch in tqdm(range(cfg["epochs"]), desc=f"train {method.name}", mininterval=5):
@@ -82,6 +83,8 @@ def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: 
             opt.step()
             total += loss.item() * len(idx)
         history.append(total / n)
+        method.on_epoch_end(epoch, cfg["epochs"])
+    method.end_training()
     return history
 
 

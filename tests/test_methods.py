@@ -1,82 +1,151 @@
-"""The method interface: CoOp and zero-shot behind one `logits`, packing, checkpoints."""
+"""Every host method behind one interface: shapes, frozen backbone, batching, zero-shot limits,
+checkpoints and new classes, each asserted for every registered method."""
 
 from __future__ import annotations
 
+import pytest
 import torch
-import torch.nn.functional as F
 
 from pdiff.checkpoint import load_prompt, save_prompt
-from pdiff.data.templates import format_prompt
-from pdiff.methods import Inputs, get_method
+from pdiff.data.templates import GENERIC_TEMPLATE
+from pdiff.methods import METHODS, Inputs, get_method
 from pdiff.methods.packing import PromptLayout
 from pdiff.overfit import overfit_batch
+from pdiff.train import fit_prompt
 
 CLASSES = ["red circle", "blue square", "green triangle"]
+LABELS = torch.tensor([0, 1, 2, 0, 1])
+
+# Small but complete settings of each method (deep methods use 2 of the tiny model's 4 layers).
+PARAMS = {
+    "coop": {"n_ctx": 4, "init": "random"},
+    "cocoop": {"n_ctx": 4, "init": "random"},
+    "kgcoop": {"n_ctx": 4, "init": "random", "kg_weight": 8.0},
+    "vpt": {"n_ctx": 2, "depth": 2},
+    "maple": {"n_ctx": 2, "init": "a photo of a", "depth": 2},
+    "promptsrc": {"n_ctx": 4, "init": "a photo of a", "depth": 2, "n_ctx_vision": 2},
+}
+# Settings under which each method *is* zero-shot CLIP with "a photo of a {}.".
+ZERO_SHOT = {
+    "coop": {"init": "a photo of a"},
+    "cocoop": {"init": "a photo of a"},  # plus a zero meta-net output, set in the test
+    "kgcoop": {"init": "a photo of a"},
+    "vpt": {"n_ctx": 2, "depth": 0},
+    "maple": {"init": "a photo of a", "depth": 0},
+    "promptsrc": {"init": "a photo of a", "depth": 0},
+}
+LEARNED = sorted(PARAMS)
 
 
-def _coop(backbone, **kw):
-    params = {"n_ctx": 4, "init": "random", **kw}
-    return get_method("coop")(backbone, CLASSES, "a photo of a {}.", params)
+def test_every_registered_method_is_tested():
+    assert set(METHODS) == {"zeroshot", *LEARNED}
 
 
-def _inputs(backbone, b=5, seed=0):
+def make(backbone, name, params=None, classes=CLASSES):
+    return get_method(name)(backbone, classes, GENERIC_TEMPLATE,
+                           PARAMS[name] if params is None else params)
+
+
+@pytest.fixture(scope="module")
+def inputs(backbone):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 32, 32, generator=g)
+    return Inputs(backbone.encode_images(images), images)
+
+
+def random_prompts(method, b, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return Inputs(features=F.normalize(torch.randn(b, backbone.embed_dim, generator=g), dim=-1))
+    return {k: v.expand(b, *v.shape[1:]) + 0.05 * torch.randn(b, *v.shape[1:], generator=g)
+            for k, v in method.init_prompt().items()}
 
 
-def test_logits_shape_shared_and_per_sample(backbone):
-    m = _coop(backbone)
-    x = _inputs(backbone)
-    assert m.logits(x, None).shape == (5, 3)
-    per = {"ctx": m.init_prompt()["ctx"].expand(5, -1, -1)}
-    assert m.logits(x, per).shape == (5, 3)
-    torch.testing.assert_close(m.logits(x, per), m.logits(x, None), atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("name", LEARNED)
+def test_logits_shape_shared_and_per_sample(backbone, inputs, name):
+    m = make(backbone, name)
+    assert m.logits(inputs).shape == (5, 3)
+    per = {k: v.expand(5, *v.shape[1:]) for k, v in m.init_prompt().items()}
+    torch.testing.assert_close(m.logits(inputs, per), m.logits(inputs), atol=1e-4, rtol=1e-4)
 
 
-def test_gradients_reach_only_the_prompt(backbone):
-    m = _coop(backbone)
-    labels = torch.tensor([0, 1, 2, 0, 1])
-    m.loss(_inputs(backbone), labels).backward()
-    assert m.prompt["ctx"].grad is not None and m.prompt["ctx"].grad.abs().sum() > 0
-    assert all(p.grad is None for p in backbone.model.parameters())
-    assert set(m.learnable_state()) == {"prompt.ctx"}
+@pytest.mark.parametrize("name", LEARNED)
+def test_gradients_reach_only_the_prompt_and_shared_parameters(backbone, inputs, name):
+    m = make(backbone, name)
+    m.loss(inputs, LABELS).backward()
+    for key, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{key} got no gradient"
+    assert all(p.grad is None for p in backbone.model.parameters()), "backbone must stay frozen"
+    assert {k for k in m.learnable_state()} == {k for k, _ in m.named_parameters()}
 
 
-def test_per_sample_prompts_batched_equal_one_at_a_time(backbone):
-    m = _coop(backbone)
-    x = _inputs(backbone, 4)
-    g = torch.Generator().manual_seed(1)
-    prompts = {"ctx": torch.randn(4, 4, backbone.text_width, generator=g) * 0.02}
-    batched = m.logits(x, prompts)
-    single = torch.cat([m.logits(x[i : i + 1], {"ctx": prompts["ctx"][i : i + 1]})
-                        for i in range(4)])
-    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("name", LEARNED)
+def test_per_sample_prompts_batched_equal_one_at_a_time(backbone, inputs, name):
+    m = make(backbone, name)
+    prompts = random_prompts(m, 5)
+    batched = m.logits(inputs, prompts)
+    single = torch.cat([m.logits(inputs[i : i + 1], {k: v[i : i + 1] for k, v in prompts.items()})
+                        for i in range(5)])
+    torch.testing.assert_close(batched, single, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched, m.logits(inputs), atol=1e-3), "prompts must matter"
 
 
-def test_coop_initialised_from_template_reproduces_zero_shot(backbone):
-    """A context equal to "a photo of a" gives exactly the zero-shot prompt's logits."""
-    m = _coop(backbone, init="a photo of a")
-    zs = get_method("zeroshot")(backbone, CLASSES, "a photo of a {}.", {})
-    x = _inputs(backbone)
-    torch.testing.assert_close(m.logits(x, None), zs.logits(x, None), atol=1e-4, rtol=1e-4)
-    assert format_prompt("a photo of a {}.", "x") == "a photo of a x."
+@pytest.mark.parametrize("name", LEARNED)
+def test_template_prompt_or_depth_zero_reproduces_zero_shot(backbone, inputs, name):
+    m = make(backbone, name, ZERO_SHOT[name])
+    if name == "cocoop":
+        torch.nn.init.zeros_(m.meta_net[2].weight)
+        torch.nn.init.zeros_(m.meta_net[2].bias)
+    zs = make(backbone, "zeroshot", {})
+    torch.testing.assert_close(m.logits(inputs), zs.logits(inputs), atol=1e-4, rtol=1e-4)
 
 
-def test_new_class_names_rebuild_the_prompts(backbone):
-    m = _coop(backbone)
-    m.set_classnames(["pink star", "cyan ring"])
-    assert m.logits(_inputs(backbone), None).shape == (5, 2)
-
-
-def test_checkpoint_round_trip_gives_identical_logits(backbone, tmp_path):
-    m = _coop(backbone)
+@pytest.mark.parametrize("name", LEARNED)
+def test_checkpoint_round_trip_gives_identical_logits(backbone, inputs, tmp_path, name):
+    m = make(backbone, name)
     with torch.no_grad():
-        m.prompt["ctx"].add_(0.1)
+        for p in m.parameters():
+            p.add_(0.01)
     save_prompt(tmp_path / "p.safetensors", m, {"classes": "base", "classnames": CLASSES})
     loaded, meta = load_prompt(tmp_path / "p.safetensors", backbone)
-    x = _inputs(backbone)
-    torch.testing.assert_close(loaded.logits(x, None), m.logits(x, None))
-    assert meta["backbone"] == backbone.identity and meta["method"] == "coop"
+    assert meta["method"] == name and meta["backbone"] == backbone.identity
+    torch.testing.assert_close(loaded.logits(inputs), m.logits(inputs), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_new_class_names_rebuild_the_prompts(backbone, inputs, tmp_path, name):
+    m = make(backbone, name)
+    save_prompt(tmp_path / "p.safetensors", m, {"classes": "base", "classnames": CLASSES})
+    new = ["pink star", "cyan ring"]
+    loaded, _ = load_prompt(tmp_path / "p.safetensors", backbone, new)
+    assert loaded.logits(inputs).shape == (5, 2)
+    fresh = make(backbone, name, classes=CLASSES[:1] + new)  # same prompt, other class table
+    torch.testing.assert_close(loaded.logits(inputs), fresh.logits(inputs)[:, 1:],
+                               atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_batched_overfitting_equals_one_at_a_time(backbone, inputs, name):
+    m = make(backbone, name)
+    m.requires_grad_(False)
+    batched, before, after = overfit_batch(m, inputs[:3], LABELS[:3], steps=3, lr=0.05)
+    for i in range(3):
+        single, b1, _ = overfit_batch(m, inputs[i : i + 1], LABELS[i : i + 1], steps=3, lr=0.05)
+        for k in single:
+            torch.testing.assert_close(batched[k][i : i + 1], single[k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(before[i : i + 1], b1, atol=1e-5, rtol=1e-4)
+    assert (after < before).all(), "overfitting must lower each sample's own loss"
+
+
+def test_promptsrc_keeps_the_gaussian_average_of_its_epochs(backbone, inputs):
+    m = make(backbone, "promptsrc", {**PARAMS["promptsrc"], "gpa_mean": 2, "gpa_std": 0.01})
+    snapshots = []
+    m.on_epoch_end = (lambda orig: lambda e, n: (snapshots.append(
+        {k: v.detach().clone() for k, v in m.prompt.items()}), orig(e, n)))(m.on_epoch_end)
+    cfg = {"optimizer": "adam", "lr": 0.01, "batch_size": 5, "epochs": 3}
+    fit_prompt(m, inputs, LABELS, cfg, torch.Generator().manual_seed(0))
+    # std -> 0 puts all weight on epoch 2 (1-based): the kept prompt is that epoch's
+    for k, v in m.prompt.items():
+        torch.testing.assert_close(v.detach(), snapshots[1][k])
+        assert not torch.allclose(v.detach(), snapshots[2][k])
 
 
 def test_packing_round_trip_with_mixed_widths():
@@ -93,14 +162,6 @@ def test_packing_round_trip_with_mixed_widths():
         assert torch.equal(out[k], prompts[k])
 
 
-def test_batched_overfitting_equals_one_at_a_time(backbone):
-    m = _coop(backbone)
-    m.requires_grad_(False)
-    x, labels = _inputs(backbone, 4), torch.tensor([0, 1, 2, 1])
-    batched, before, after = overfit_batch(m, x, labels, steps=3, lr=0.05)
-    for i in range(4):
-        single, b1, a1 = overfit_batch(m, x[i : i + 1], labels[i : i + 1], steps=3, lr=0.05)
-        torch.testing.assert_close(batched["ctx"][i : i + 1], single["ctx"], atol=1e-5,
-                                   rtol=1e-4)
-        torch.testing.assert_close(before[i : i + 1], b1, atol=1e-5, rtol=1e-4)
-    assert (after < before).all(), "overfitting must lower each sample's own loss"
+def test_unknown_method_names_the_choices():
+    with pytest.raises(Exception, match="unknown method 'coopp'.*available: cocoop, coop"):
+        get_method("coopp")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdiff.backbone import Backbone
+from pdiff.errors import PdiffError
 from pdiff.methods.packing import PromptLayout
 
 Prompts = dict[str, torch.Tensor]
@@ -68,9 +69,16 @@ class PromptMethod(nn.Module):
         """Rebuild class-dependent tables (e.g. for evaluation on new classes)."""
         self.classnames = list(classnames)
 
-    def logits(self, inputs: Inputs, prompts: Prompts | None) -> torch.Tensor:
-        """Logits [B, C] for the current class names; `prompts` None means the learned prompt."""
+    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image features [B, E] and class text features [1 | B, C, E]."""
         raise NotImplementedError
+
+    # --- training hooks (no-ops unless a method aggregates over epochs) -----------------------
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called by baseline training after every epoch."""
+
+    def end_training(self) -> None:
+        """Called once after the last epoch, before the prompt is saved."""
 
     # --- shared behaviour -------------------------------------------------------------------
     @property
@@ -83,6 +91,15 @@ class PromptMethod(nn.Module):
 
     def learned_prompts(self) -> Prompts:
         return {k: v[None] for k, v in self.prompt.items()}
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        """What baseline training optimises: the prompt and any shared parameters."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def logits(self, inputs: Inputs, prompts: Prompts | None = None) -> torch.Tensor:
+        """Logits [B, C] for the current class names; `prompts` None means the learned prompt."""
+        image, text = self.features(inputs, self.learned_prompts() if prompts is None else prompts)
+        return self.backbone.logit_scale * cosine(image, text)
 
     def condition(self, inputs: Inputs) -> torch.Tensor:
         """The frozen CLIP image feature that conditions prompt diffusion."""
@@ -103,3 +120,29 @@ class PromptMethod(nn.Module):
     def learnable_state(self) -> dict[str, torch.Tensor]:
         """Everything training changed: prompt and shared parameters (never the backbone)."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+
+def cosine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """image [B, E] x text [1 | B, C, E] -> [B, C]: one shared or one per-image text table."""
+    if text.shape[0] == 1:
+        return image @ text[0].T
+    return torch.einsum("be,bce->bc", image, text)
+
+
+def check_depth(params: dict, layers: int, method: str) -> int:
+    """The prompt depth of a deep-prompt method, validated against the encoder's layers."""
+    depth = int(params.get("depth", 1))
+    if not 0 <= depth <= layers:
+        raise PdiffError(f"method_params.{method}.depth is {depth}, but the encoder has {layers} "
+                         f"layers; use a depth in 0..{layers}")
+    return depth
+
+
+def seeded_linear(n_in: int, n_out: int, gen: torch.Generator) -> nn.Linear:
+    """nn.Linear with PyTorch's default uniform init drawn from `gen` (not the global RNG)."""
+    layer = nn.Linear(n_in, n_out)
+    bound = n_in ** -0.5
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=gen)
+        layer.bias.uniform_(-bound, bound, generator=gen)
+    return layer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pdiff.data.templates import format_prompt
 from pdiff.methods.base import Inputs, PromptMethod, Prompts
+from pdiff.methods.text import template_features
 
 
 class ZeroShot(PromptMethod):
@@ -13,8 +13,8 @@ class ZeroShot(PromptMethod):
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        texts = [format_prompt(self.template, c) for c in classnames]
-        self.register_buffer("text", self.backbone.encode_texts(texts), persistent=False)
+        feats = template_features(self.backbone, classnames, [self.template])
+        self.register_buffer("text", feats, persistent=False)
 
-    def logits(self, inputs: Inputs, prompts: Prompts | None) -> torch.Tensor:
-        return self.backbone.logit_scale * self.condition(inputs) @ self.text.T
+    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.condition(inputs), self.text[None]

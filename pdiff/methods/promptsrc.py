@@ -1,0 +1,98 @@
+"""PromptSRC (Khattak et al., ICCV 2023): independent deep prompts, self-regulated.
+
+Deep text prompts (context at layer 0, then layers 1..depth-1) and deep vision prompts (layers
+0..depth-1), learned with three self-regularising terms that keep the prompted model near frozen
+CLIP: L1 between prompted and frozen (template-ensemble) text features, L1 between prompted and
+frozen image features, and KL to the zero-shot logits (weights in config; published 25, 10, 1).
+The prompt kept after training is the Gaussian-weighted average over epochs (GPA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdiff.backbone import Backbone
+from pdiff.methods.base import Inputs, PromptMethod, Prompts, check_depth, cosine
+from pdiff.methods.text import (
+    ClassTexts,
+    init_context,
+    init_phrase,
+    random_tokens,
+    template_features,
+)
+
+# CLIP's seven-template ImageNet ensemble; the dataset's own template is added to it.
+ENSEMBLE = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+
+class PromptSRC(PromptMethod):
+    name = "promptsrc"
+    needs_images = True
+
+    def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
+        ctx = init_context(backbone, params)
+        self.n_ctx = ctx.shape[0]
+        super().__init__(backbone, classnames, template, params)
+        depth = check_depth(params, min(backbone.text_layers, backbone.vision_layers), self.name)
+        dev = backbone.device
+        self.prompt["ctx"] = nn.Parameter(ctx.to(dev))
+        if depth > 1:
+            shape = (depth - 1, self.n_ctx, backbone.text_width)
+            self.prompt["text_deep"] = nn.Parameter(random_tokens(params, shape, 1).to(dev))
+        if depth:
+            shape = (depth, int(params.get("n_ctx_vision", 4)), backbone.vision_width)
+            self.prompt["vision"] = nn.Parameter(random_tokens(params, shape, 2).to(dev))
+        self._gpa: dict[str, torch.Tensor] = {}
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx, init_phrase(self.params))
+        frozen = template_features(self.backbone, classnames, [*ENSEMBLE, self.template])
+        self.register_buffer("frozen_text", frozen, persistent=False)
+
+    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.backbone.encode_images_prompted(inputs.images, prompts.get("vision"))
+        return image, self.texts(prompts["ctx"], prompts.get("text_deep"))
+
+    def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
+             ) -> torch.Tensor:
+        prompts = self.learned_prompts() if prompts is None else prompts
+        image, text = self.features(inputs, prompts)
+        scale = self.backbone.logit_scale
+        logits = scale * cosine(image, text)
+        frozen_image = self.condition(inputs)
+        zs_logits = scale * frozen_image @ self.frozen_text.T
+        p = self.params
+        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(zs_logits, -1),
+                      reduction="sum", log_target=True) / logits.numel()
+        frozen_text = self.frozen_text[None].expand_as(text)
+        return (F.cross_entropy(logits, labels)
+                + p.get("text_weight", 25.0) * F.l1_loss(text, frozen_text)
+                + p.get("image_weight", 10.0) * F.l1_loss(image, frozen_image)
+                + p.get("kl_weight", 1.0) * kl)
+
+    # --- Gaussian prompt aggregation over epochs ---------------------------------------------
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        mean, std = self.params.get("gpa_mean", 0.75 * epochs), self.params.get("gpa_std", 1.0)
+        weights = [math.exp(-0.5 * ((e + 1 - mean) / std) ** 2) for e in range(epochs)]
+        w = weights[epoch] / sum(weights)
+        for k, v in self.prompt.items():
+            self._gpa[k] = self._gpa.get(k, 0) + w * v.detach()
+
+    def end_training(self) -> None:
+        with torch.no_grad():
+            for k, v in self._gpa.items():
+                self.prompt[k].copy_(v)
+        self._gpa = {}
