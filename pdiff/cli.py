@@ -31,6 +31,25 @@ def _json_arg(text: str) -> dict:
     return value
 
 
+def _json_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+
+
+def _sets_arg(text: str) -> list[dict]:
+    """--sets: a JSON list of {"dataset": {...}, "split": "base" | "new" | "all"}."""
+    value = _json_value(text)
+    ok = isinstance(value, list) and all(
+        isinstance(s, dict) and isinstance(s.get("dataset"), dict)
+        and s.get("split") in ("base", "new", "all") for s in value)
+    if not ok:
+        raise argparse.ArgumentTypeError(
+            'expected a JSON list of {"dataset": {...}, "split": "base"|"new"|"all"}')
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-level", default="INFO")
@@ -65,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-16")
     p.add_argument("--pretrained", required=True, help="open_clip pretrained tag, e.g. openai")
     p.add_argument("--cache-dir", help="default: $PDIFF_WEIGHTS or ~/.cache/pdiff/weights")
+    _common(p)
+
+    p = sub.add_parser("check-data", help="check that the configured datasets are on disk")
+    p.add_argument("--data-root", required=True, help="folder holding the datasets")
+    p.add_argument("--datasets", type=_json_value, required=True,
+                   help='JSON list of entries/CoOp names, or the config catalogue {name: entry}, '
+                        'e.g. \'["OxfordPets", {"name": "mine", "folder": "mine", '
+                        '"split_file": "split.json"}]\'')
+    p.add_argument("--out", help="also write the report as JSON (written atomically)")
+    p.add_argument("--sample", type=int, default=10, help="missing images listed per dataset")
     _common(p)
 
     p = sub.add_parser("fewshot", help="draw the K-shot training/validation split (CoOp)")
@@ -109,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt")
     p.add_argument("--dit")
     p.add_argument("--backbone", type=_json_arg, required=True)
-    _data_args(p)
-    p.add_argument("--split", choices=["base", "new", "all"], required=True)
+    p.add_argument("--data-root", required=True, help="folder holding the datasets")
+    p.add_argument("--sets", type=_sets_arg, required=True,
+                   help='JSON list of {"dataset": <catalogue entry>, "split": base|new|all}')
     p.add_argument("--params", type=_json_arg, required=True,
                    help="{evaluation: ..., sampling: ...}")
     p.add_argument("--seed", type=int, default=0)
@@ -142,6 +172,14 @@ def run(args: argparse.Namespace) -> None:
 
         cache = Path(args.cache_dir) if args.cache_dir else None
         print(fetch_weights(args.model, args.pretrained, cache))
+    elif cmd == "check-data":
+        from pdiff.check_data import assert_ok, check_data, format_report
+
+        report = check_data(args.data_root, args.datasets, args.sample)
+        print(format_report(report))
+        if args.out:
+            write_json(args.out, report)
+        assert_ok(report)
     elif cmd == "fewshot":
         from pdiff.data import DatasetSpec, draw_fewshot, read_split, save_fewshot
 
@@ -164,8 +202,8 @@ def run(args: argparse.Namespace) -> None:
     elif cmd == "evaluate":
         from pdiff.evaluate import evaluate
 
-        evaluate(args.mode, args.backbone, args.data_root, args.dataset, args.split,
-                 args.params, args.seed, args.out, prompt=args.prompt, dit=args.dit)
+        evaluate(args.mode, args.backbone, args.data_root, args.sets, args.params, args.seed,
+                 args.out, prompt=args.prompt, dit=args.dit)
     elif cmd == "report":
         from pdiff.report import make_report
 

@@ -56,32 +56,49 @@ def predict(method: PromptMethod, inputs: Inputs, batch_size: int, generate=None
     return torch.cat(probs).cpu(), nfe
 
 
-def evaluate(mode: str, backbone_spec: dict, data_root: str, dataset: dict, split: str,
-             params: dict, seed: int, out: str, prompt: str | None = None,
-             dit: str | None = None) -> dict:
+def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
+             seed: int, out: str, prompt: str | None = None, dit: str | None = None
+             ) -> list[dict]:
+    """Evaluate one prompt (or zero-shot CLIP) on every (dataset, split) of `sets`.
+
+    One job per trained run loads the backbone, the prompt and the DiT once; each set still gets
+    its own full-precision record, and the bundle is written only when all sets are done.
+    """
     if mode not in MODES:
         raise PdiffError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
     if mode != "zeroshot" and not prompt:
         raise PdiffError(f"--mode {mode} needs --prompt (a checkpoint from `pdiff train`)")
     if mode == "diffusion" and not dit:
         raise PdiffError("--mode diffusion needs --dit (a model from `pdiff fit-diffusion`)")
-    gen = set_seed(seed)
+    if not sets:
+        raise PdiffError("--sets is empty; give at least one {dataset, split} to evaluate on")
+    set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
+    method, meta = (None, {}) if mode == "zeroshot" else load_prompt(prompt, backbone)
+    dm = load_diffusion(dit) if mode == "diffusion" else None
+    records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s["dataset"],
+                             s["split"], params, seed) for s in sets]
+    write_json(out, {"evaluations": records})
+    return records
+
+
+def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, dm,
+                  data_root: str, dataset: dict, split: str, params: dict, seed: int) -> dict:
     spec = DatasetSpec.from_dict(dataset)
     splits = read_split(data_root, spec)
     (test,) = subsample_classes(splits.test, subsample=split)
     classnames = class_subset(splits.classnames, split)
-    meta: dict = {}
-    if mode == "zeroshot":
+    if method is None:  # zero-shot: the target dataset's own template
         method = get_method("zeroshot")(backbone, classnames, spec.template, {})
     else:
-        method, meta = load_prompt(prompt, backbone, classnames)
+        method.set_classnames(classnames)
     inputs, labels = load_inputs(data_root, spec, test, backbone, method.needs_images)
 
     generate, sampling = None, None
-    if mode == "diffusion":
-        dm = load_diffusion(dit)
+    if dm is not None:
         sampling = params["sampling"]
+        # a fresh generator per set: a set's numbers do not depend on what ran before it
+        gen = torch.Generator(device="cpu").manual_seed(seed)
         generate = _draws(method, dm, method.layout, sampling, gen)
 
     t0 = time.time()
@@ -107,7 +124,6 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, dataset: dict, spli
         "sampling": sampling,
         "backbone": backbone.identity,
     }
-    write_json(out, metrics)
     log.info("%s %s on %s/%s: %.2f%% (%d/%d), %.1fs", mode, metrics["method"], spec.name, split,
              metrics["accuracy"], correct, len(labels), seconds)
     return metrics

@@ -145,17 +145,26 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def load_evaluation(path: Path) -> dict:
-    """Read and check one evaluation JSON, naming the file in every error."""
+def load_evaluation(path: Path) -> list[dict]:
+    """Read and check one evaluation bundle ({"evaluations": [record, ...]}), naming the file in
+    every error."""
     path = Path(path)
     if not path.is_file():
         raise PdiffError(f"report input {path} does not exist (run its `pdiff evaluate` first)")
     try:
-        record = json.loads(path.read_text())
+        bundle = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PdiffError(f"report input {path} is not readable JSON: {exc}") from None
+    records = bundle.get("evaluations") if isinstance(bundle, dict) else None
+    if not isinstance(records, list) or not records:
+        raise PdiffError(f"report input {path} holds no evaluations (expected "
+                         '{"evaluations": [...]} as written by `pdiff evaluate`)')
+    return [_check_record(path, r) for r in records]
+
+
+def _check_record(path: Path, record: Any) -> dict:
     if not isinstance(record, dict):
-        raise PdiffError(f"report input {path} holds no JSON object")
+        raise PdiffError(f"report input {path} holds an evaluation that is no JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise PdiffError(
@@ -179,23 +188,15 @@ def load_evaluation(path: Path) -> dict:
 def _index(inputs: Iterable[Path]) -> dict[Key, dict]:
     index: dict[Key, dict] = {}
     for path in inputs:
-        record = load_evaluation(path)
-        r = record
-        key = _key(
-            r["mode"],
-            r["method"],
-            r["train_dataset"],
-            r["train_classes"],
-            r["seed"],
-            r["target"],
-            r["split"],
-        )
-        if key in index:
-            raise PdiffError(
-                f"report inputs {index[key]['_file']} and {path} are the same evaluation "
-                f"({r['mode']} {r['method']} on {r['target']}/{r['split']}, seed {r['seed']})"
-            )
-        index[key] = {**record, "_file": str(path)}
+        for r in load_evaluation(path):
+            key = _key(r["mode"], r["method"], r["train_dataset"], r["train_classes"],
+                       r["seed"], r["target"], r["split"])
+            if key in index:
+                raise PdiffError(
+                    f"report inputs {index[key]['_file']} and {path} hold the same evaluation "
+                    f"({r['mode']} {r['method']} on {r['target']}/{r['split']}, seed {r['seed']})"
+                )
+            index[key] = {**r, "_file": str(path)}
     return index
 
 
@@ -679,7 +680,7 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path) -> None:
             METHOD_NAMES[m]: {"base": b, "new": n, "hm": h} for m, (b, n, h) in PUBLISHED.items()
         }
     summary["cost"] = _cost(index, acc.used, rows)
-    summary["inputs"] = sorted(r["_file"] for r in index.values())
+    summary["inputs"] = sorted({r["_file"] for r in index.values()})
     _write_text(
         out_dir / "summary.json", json.dumps(_jsonable(summary), indent=2, sort_keys=True) + "\n"
     )

@@ -68,23 +68,35 @@ TRANSFER = {  # (target, mode, seed) -> accuracy, all from the shapes/all run
 }
 
 
-def _write_inputs(tmp_path: Path) -> list[Path]:
-    paths = []
+def _write_inputs(tmp_path: Path, drop: tuple = ()) -> list[Path]:
+    """Bundles as the workflow writes them: one per (run, mode) and one per zero-shot dataset;
+    `drop` leaves out the records of these (target, split, mode, seed)."""
+    bundles: dict[str, list[dict]] = {}
 
     def put(name, record):
-        path = tmp_path / "evals" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record))
-        paths.append(path)
+        if (record["target"], record["split"], record["mode"], record["seed"]) not in drop:
+            bundles.setdefault(name, []).append(record)
 
     for (d, mode, s), (base, new) in B2N.items():
-        put(f"b2n_{d}_{mode}_{s}_base.json", _eval(mode, "coop", d, "base", s, d, "base", base))
-        put(f"b2n_{d}_{mode}_{s}_new.json", _eval(mode, "coop", d, "base", s, d, "new", new))
+        put(f"b2n_{d}_{mode}_{s}.json", _eval(mode, "coop", d, "base", s, d, "base", base))
+        put(f"b2n_{d}_{mode}_{s}.json", _eval(mode, "coop", d, "base", s, d, "new", new))
     for (t, split), a in ZS.items():
-        put(f"zs_{t}_{split}.json", _eval("zeroshot", "zeroshot", None, None, None, t, split, a))
+        put(f"zs_{t}.json", _eval("zeroshot", "zeroshot", None, None, None, t, split, a))
     for (t, mode, s), a in TRANSFER.items():
-        put(f"tr_{t}_{mode}_{s}.json", _eval(mode, "coop", "shapes", "all", s, t, "all", a))
+        put(f"tr_{mode}_{s}.json", _eval(mode, "coop", "shapes", "all", s, t, "all", a))
+    paths = []
+    for name, records in bundles.items():
+        path = tmp_path / "evals" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"evaluations": records}))
+        paths.append(path)
     return paths
+
+
+def _edit_first_record(path: Path, edit) -> None:
+    bundle = json.loads(path.read_text())
+    edit(bundle["evaluations"][0])
+    path.write_text(json.dumps(bundle))
 
 
 def _read_csv(path: Path) -> dict[str, dict[str, str]]:
@@ -184,7 +196,7 @@ def test_summary_full_precision(report):
     assert rows["CoOp"]["per_seed"]["2"]["icons"] == {"base": 62.0, "new": 56.0}
     assert summary["cross_dataset"]["source"] == "shapes"
     assert summary["cost"]["CoOp + prompt diffusion"]["nfe"] == 5
-    assert len(summary["inputs"]) == 16 + 8 + 16
+    assert len(summary["inputs"]) == 8 + 4 + 4  # b2n runs x modes, transfer, zero-shot
 
 
 def test_reference_rows(tmp_path):
@@ -211,9 +223,7 @@ def test_only_some_protocols(tmp_path):
 def test_missing_key_names_file(tmp_path):
     paths = _write_inputs(tmp_path)
     bad = paths[3]
-    record = json.loads(bad.read_text())
-    del record["accuracy"]
-    bad.write_text(json.dumps(record))
+    _edit_first_record(bad, lambda r: r.pop("accuracy"))
     with pytest.raises(PdiffError, match=rf"{bad.name}.*accuracy"):
         make_report(paths, PARAMS, tmp_path / "report")
 
@@ -225,7 +235,7 @@ def test_missing_file_names_file(tmp_path):
 
 
 def test_missing_evaluation_is_listed(tmp_path):
-    paths = [p for p in _write_inputs(tmp_path) if p.name != "b2n_icons_diffusion_2_new.json"]
+    paths = _write_inputs(tmp_path, drop={("icons", "new", "diffusion", 2)})
     with pytest.raises(PdiffError, match=r"CoOp \+ prompt diffusion on icons/new"):
         make_report(paths, PARAMS, tmp_path / "report")
 
@@ -240,10 +250,15 @@ def test_duplicate_evaluation(tmp_path):
 
 def test_bad_accuracy(tmp_path):
     paths = _write_inputs(tmp_path)
-    record = json.loads(paths[0].read_text())
-    record["accuracy"] = 0.8e3
-    paths[0].write_text(json.dumps(record))
+    _edit_first_record(paths[0], lambda r: r.update(accuracy=0.8e3))
     with pytest.raises(PdiffError, match=paths[0].name):
+        make_report(paths, PARAMS, tmp_path / "report")
+
+
+def test_empty_bundle_names_file(tmp_path):
+    paths = _write_inputs(tmp_path)
+    paths[0].write_text(json.dumps({"evaluations": []}))
+    with pytest.raises(PdiffError, match=rf"{paths[0].name} holds no evaluations"):
         make_report(paths, PARAMS, tmp_path / "report")
 
 

@@ -57,20 +57,40 @@ def test_store_holds_one_overfitted_prompt_per_base_training_sample(run_dir):
         assert f["prompts"].compression == "gzip" and f["prompts"].chunks is not None
 
 
+def _sets(name: str, *splits: str) -> str:
+    return json.dumps([{"dataset": dataset_spec(name), "split": s} for s in splits])
+
+
 @pytest.mark.parametrize("mode", ["zeroshot", "baseline", "diffusion"])
-@pytest.mark.parametrize("split", ["base", "new"])
-def test_evaluate_writes_full_metrics(run_dir, world, backbone_spec, mode, split):
-    out = run_dir / f"eval_{mode}_{split}.json"
+def test_evaluate_writes_full_metrics_per_set(run_dir, world, backbone_spec, mode):
+    out = run_dir / f"eval_{mode}.json"
     extra = [] if mode == "zeroshot" else ["--prompt", f"{run_dir}/prompt.safetensors"]
     if mode == "diffusion":
         extra += ["--dit", f"{run_dir}/dit.safetensors"]
     assert _run("evaluate", "--mode", mode, *extra, "--backbone", json.dumps(backbone_spec),
-                "--data-root", world, "--dataset", json.dumps(dataset_spec("shapes")),
-                "--split", split, "--params", json.dumps(EVAL), "--out", str(out)) == 0
-    m = json.loads(out.read_text())
-    assert m["total"] == 4 * 3 and m["mode"] == mode and m["split"] == split
-    assert m["accuracy"] == pytest.approx(100 * m["correct"] / m["total"])
-    assert m["nfe"] == (2 * 3 if mode == "diffusion" else 0)  # 2 draws x 3 Euler steps
+                "--data-root", world, "--sets", _sets("shapes", "base", "new", "all"),
+                "--params", json.dumps(EVAL), "--out", str(out)) == 0
+    records = json.loads(out.read_text())["evaluations"]
+    assert [(m["target"], m["split"]) for m in records] == [
+        ("shapes", "base"), ("shapes", "new"), ("shapes", "all")]
+    for m in records:
+        assert m["total"] == (8 if m["split"] == "all" else 4) * 3 and m["mode"] == mode
+        assert m["accuracy"] == pytest.approx(100 * m["correct"] / m["total"])
+        assert m["nfe"] == (2 * 3 if mode == "diffusion" else 0)  # 2 draws x 3 Euler steps
+
+
+def test_evaluation_of_a_set_does_not_depend_on_the_sets_before_it(run_dir, world,
+                                                                   backbone_spec):
+    args = ["evaluate", "--mode", "diffusion", "--prompt", f"{run_dir}/prompt.safetensors",
+            "--dit", f"{run_dir}/dit.safetensors", "--backbone", json.dumps(backbone_spec),
+            "--data-root", world, "--params",
+            json.dumps({**EVAL, "sampling": {**EVAL["sampling"], "start": "noise"}})]
+    assert _run(*args, "--sets", _sets("shapes", "base", "new"), "--out",
+                str(run_dir / "two.json")) == 0
+    assert _run(*args, "--sets", _sets("shapes", "new"), "--out", str(run_dir / "one.json")) == 0
+    two = json.loads((run_dir / "two.json").read_text())["evaluations"][1]
+    one = json.loads((run_dir / "one.json").read_text())["evaluations"][0]
+    assert (two["correct"], two["ece"]) == (one["correct"], one["ece"])
 
 
 def test_killed_overfit_resumes_to_the_same_store(run_dir, world, backbone_spec, monkeypatch):
@@ -121,9 +141,9 @@ def _pretrained(run_dir) -> str:
 
 def test_missing_inputs_fail_with_one_message(tmp_path, world, backbone_spec, capsys):
     rc = _run("evaluate", "--mode", "baseline", "--prompt", str(tmp_path / "nope.safetensors"),
-              "--backbone", json.dumps(backbone_spec), "--data-root", world, "--dataset",
-              json.dumps(dataset_spec("shapes")), "--split", "base", "--params",
-              json.dumps(EVAL), "--out", str(tmp_path / "m.json"))
+              "--backbone", json.dumps(backbone_spec), "--data-root", world, "--sets",
+              _sets("shapes", "base"), "--params", json.dumps(EVAL), "--out",
+              str(tmp_path / "m.json"))
     err = capsys.readouterr().err
     assert rc == 2 and "pdiff train" in err and err.count("\n") == 1
     rc = _run("fewshot", "--data-root", str(tmp_path / "nowhere"), "--dataset",

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SMOKE = REPO / "config" / "smoke.yaml"
-ROWS = {"zero-shot CLIP", "CoOp", "CoOp + prompt diffusion"}
+ROWS = {"zero-shot CLIP", "CoOp", "CoOp + prompt diffusion", "MaPLe", "MaPLe + prompt diffusion"}
 
 pytestmark = pytest.mark.workflow
 
@@ -57,9 +57,11 @@ def test_report_has_every_row_in_every_protocol(smoke):
 
 def test_metrics_are_full_precision_json(smoke):
     files = sorted((smoke / "runs").rglob("eval/*.json"))
-    assert len(files) == 14  # (2 base2new x 2 splits + 2 cross + 1 DG) x 2 modes
-    for f in files:
-        m = json.loads(f.read_text())
+    assert len(files) == 12  # (2 base-to-new runs + 1 source run) x 2 methods x 2 modes
+    records = [m for f in files for m in json.loads(f.read_text())["evaluations"]]
+    # each run of each method: 2 base-to-new x (base, new) + source, 1 cross, 1 DG target
+    assert len(records) == (2 * 2 + 3) * 2 * 2
+    for m in records:
         assert 0 <= m["accuracy"] <= 100 and m["total"] > 0
         assert m["accuracy"] == 100 * m["correct"] / m["total"]
 
@@ -67,7 +69,7 @@ def test_metrics_are_full_precision_json(smoke):
 def test_backbone_pretrained_by_the_dag_and_stores_written(smoke):
     metrics = json.loads((smoke / "backbone" / "pdiff-tiny.json").read_text())
     assert metrics["steps"] == 20 and "zero_shot_clean" in metrics
-    assert len(list((smoke / "runs").rglob("store.h5"))) == 3
+    assert len(list((smoke / "runs").rglob("store.h5"))) == 6
     assert not list(smoke.rglob("*.partial"))
 
 

@@ -102,35 +102,33 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "config.yaml") -> Path:
 
 
 def expected_counts(cfg: dict) -> dict[str, int]:
-    """Job counts per rule that a config implies (an independent re-derivation of the DAG)."""
+    """Job counts per rule that a config implies (an independent re-derivation of the DAG):
+    one evaluation job per trained run and mode, one zero-shot job per dataset."""
     protocols = cfg["protocols"]
     methods = [m for m in cfg["methods"] if m != "zeroshot"]
-    runs, evals, zeroshot = set(), set(), set()
-    for d in protocols.get("base2new", {}).get("datasets", []):
-        zeroshot |= {(d, "base"), (d, "new")}
-        for m in methods:
-            for s in cfg["seeds"]:
-                runs.add((d, m, "base", s))
-                evals |= {((d, m, "base", s), d, "base"), ((d, m, "base", s), d, "new")}
-    for p in ("cross_dataset", "domain_generalization"):
-        if p in protocols:
-            src = protocols[p]["source"]
-            for t in [src, *protocols[p]["targets"]]:
-                zeroshot.add((t, "all"))
-                for m in methods:
-                    for s in cfg["seeds"]:
-                        runs.add((src, m, "all", s))
-                        evals.add(((src, m, "all", s), t, "all"))
+    b2n = protocols.get("base2new", {}).get("datasets", [])
+    transfer = [
+        d
+        for p in ("cross_dataset", "domain_generalization")
+        if p in protocols
+        for d in [protocols[p]["source"], *protocols[p]["targets"]]
+    ]
+    runs = {(d, m, "base", s) for d in b2n for m in methods for s in cfg["seeds"]}
+    if transfer:
+        runs |= {(transfer[0], m, "all", s) for m in methods for s in cfg["seeds"]}
+    pretrained = cfg["backbone"]["pretrained"]
     counts = {
+        "check_data": len(set(b2n) | set(transfer)),
+        "fetch_weights": int(pretrained not in ("shipped", "pretrain") and "/" not in pretrained),
         "prepare": int(cfg["data"]["source"] == "synthetic"),
-        "pretrain": int(cfg["backbone"]["pretrained"] == "pretrain"),
+        "pretrain": int(pretrained == "pretrain"),
         "fewshot": len({(d, s) for d, _, _, s in runs}),
         "train": len(runs),
         "overfit": len(runs),
         "fit_diffusion": len(runs),
-        "evaluate_baseline": len(evals),
-        "evaluate_diffusion": len(evals),
-        "evaluate_zeroshot": len(zeroshot),
+        "evaluate_baseline": len(runs),
+        "evaluate_diffusion": len(runs),
+        "evaluate_zeroshot": len(set(b2n) | set(transfer)),
         "report": 1,
         "all": 1,
     }
@@ -188,23 +186,25 @@ def test_smoke_config_is_self_contained():
 def test_demo_plan(tmp_path):
     counts, _ = plan(tmp_path, DEMO)
     assert counts == expected_counts(load(DEMO))
-    assert sum(counts.values()) == 70  # 4 datasets base-to-new + 1 all-class source run
+    # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked and zero-shot
+    assert sum(counts.values()) == 98
 
 
 def test_smoke_plan(tmp_path):
     counts, _ = plan(tmp_path, SMOKE)
     assert counts == expected_counts(load(SMOKE))
-    assert counts["pretrain"] == 1 and sum(counts.values()) == 36
+    assert counts["pretrain"] == 1 and sum(counts.values()) == 42
 
 
 def test_more_seeds_and_methods_plan(tmp_path):
     cfg = load(SMOKE)
     cfg["seeds"] = [1, 2, 3]
-    cfg["methods"] = ["zeroshot", "coop", "cocoop"]
-    cfg["method_params"]["cocoop"] = {"n_ctx": 4, "lr": 0.002, "epochs": 2, "batch_size": 1}
+    cfg["methods"] = ["zeroshot", "coop", "cocoop", "maple"]
+    cfg["method_params"]["cocoop"] = {"n_ctx": 4, "init": "random", "optimizer": "sgd",
+                                      "lr": 0.002, "epochs": 2, "batch_size": 1}
     counts, _ = plan(tmp_path, write_config(tmp_path, cfg))
     assert counts == expected_counts(cfg)
-    assert counts["train"] == 3 * 2 * 3  # (2 base + 1 all) runs x 2 methods x 3 seeds
+    assert counts["train"] == 3 * 3 * 3  # (2 base + 1 all) runs x 3 methods x 3 seeds
 
 
 def test_default_profile_plans(tmp_path):
@@ -236,7 +236,16 @@ def test_coop_source_plans_without_datasets(tmp_path):
     counts, out = plan(tmp_path, write_config(tmp_path, cfg))
     assert counts == expected_counts(cfg)
     assert "prepare" not in counts and "pretrain" not in counts
-    assert "split_zhou_shapes.json is not on disk" in out
+    assert counts["fetch_weights"] == 1 and counts["check_data"] == 3
+
+
+def test_benchmark_plans_the_whole_study_without_data_or_gpu(tmp_path):
+    counts, _ = plan(tmp_path, REPO / "config" / "benchmark.yaml")
+    cfg = load(REPO / "config" / "benchmark.yaml")
+    assert counts == expected_counts(cfg)
+    # (11 base-to-new + 1 ImageNet all-class run) x 6 methods x 3 seeds
+    assert counts["train"] == counts["evaluate_diffusion"] == 12 * 6 * 3
+    assert counts["check_data"] == counts["evaluate_zeroshot"] == 15
 
 
 def _shell_commands(out: str) -> list[list[str]]:
@@ -277,6 +286,10 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
         if "dataset" in opts:
             ds = json.loads(opts["dataset"][0])
             assert ds == {"name": ds["name"], **smoke["datasets"][ds["name"]]}
+        for entry in json.loads(opts["sets"][0]) if "sets" in opts else []:
+            ds = entry["dataset"]
+            assert ds == {"name": ds["name"], **smoke["datasets"][ds["name"]]}
+            assert entry["split"] in ("base", "new", "all")
         if sub == "evaluate":
             mode = opts["mode"][0]
             params = json.loads(opts["params"][0])
@@ -293,7 +306,8 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
         else:
             seen[sub] += 1
         if sub == "train":
-            assert json.loads(opts["params"][0]) == smoke["method_params"]["coop"]
+            method = opts["method"][0]
+            assert json.loads(opts["params"][0]) == smoke["method_params"][method]
         if sub == "overfit":
             assert json.loads(opts["params"][0]) == smoke["overfit"]
         if sub == "fit-diffusion":
@@ -302,6 +316,9 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
             assert json.loads(opts["params"][0]) == smoke["backbone"]["pretrain"]
             world = {k: smoke["world"][k] for k in ("colours", "objects", "image_size")}
             assert json.loads(opts["world"][0]) == world
+        if sub == "check-data":
+            (entry,) = json.loads(opts["datasets"][0])
+            assert entry == {"name": entry["name"], **smoke["datasets"][entry["name"]]}
         if sub == "prepare":
             assert json.loads(opts["params"][0]) == smoke["world"]
         if sub == "report":
@@ -315,13 +332,14 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
     assert seen == {
         "prepare": 1,
         "pretrain": 1,
+        "check-data": 3,
         "fewshot": 2,
-        "train": 3,
-        "overfit": 3,
-        "fit-diffusion": 3,
-        "evaluate-baseline": 7,
-        "evaluate-diffusion": 7,
-        "evaluate-zeroshot": 7,
+        "train": 6,
+        "overfit": 6,
+        "fit-diffusion": 6,
+        "evaluate-baseline": 6,
+        "evaluate-diffusion": 6,
+        "evaluate-zeroshot": 3,
         "report": 1,
     }
 
@@ -392,8 +410,9 @@ def _set(cfg: dict, dotted: str, value) -> dict:
             ["imagenet"],
             ["protocols.cross_dataset.targets", "'imagenet'"],
         ),
-        ("methods", ["coop", "maple"], ["method_params", "'maple'"]),
+        ("methods", ["coop", "vpt"], ["method_params", "'vpt'"]),
         ("diffusion.heads", 3, ["diffusion.width", "diffusion.heads"]),
+        ("protocols.domain_generalization.source", "icons", ["differ", "same source"]),
     ],
 )
 def test_bad_config_rejected(tmp_path, key, value, expected):
@@ -446,11 +465,12 @@ elif sub == "evaluate":
         d, m, classes, seed = Path(opts["prompt"][0]).parts[-5:-1]
         rec.update(method=m, train_dataset=d, train_classes=classes, seed=int(seed[4:]))
     rec.update(
-        target=json.loads(opts["dataset"][0])["name"], split=opts["split"][0], accuracy=50.0,
-        correct=50, total=100, ece=0.1, seconds=0.1, images_per_second=1000.0, nfe=1,
-        sampling=json.loads(opts["params"][0]).get("sampling"),
+        accuracy=50.0, correct=50, total=100, ece=0.1, seconds=0.1, images_per_second=1000.0,
+        nfe=1, sampling=json.loads(opts["params"][0]).get("sampling"),
     )
-    put(opts["out"][0], json.dumps(rec))
+    records = [dict(rec, target=s["dataset"]["name"], split=s["split"])
+               for s in json.loads(opts["sets"][0])]
+    put(opts["out"][0], json.dumps({{"evaluations": records}}))
 elif sub == "report":
     from pdiff.report import make_report
 
@@ -508,23 +528,23 @@ def test_stub_run_writes_the_report(smoke_run):
     ("change", "expected"),
     [
         ({}, {}),
-        ({"sampling.solver": "rk4"}, {"evaluate_diffusion": 7, "report": 1, "all": 1}),
+        ({"sampling.solver": "rk4"}, {"evaluate_diffusion": 6, "report": 1, "all": 1}),
         (
             {"overfit.lr": 0.02},
-            {"overfit": 3, "fit_diffusion": 3, "evaluate_diffusion": 7, "report": 1, "all": 1},
+            {"overfit": 6, "fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1},
         ),
         (
             {"diffusion.cls_weight": 0.5},
-            {"fit_diffusion": 3, "evaluate_diffusion": 7, "report": 1, "all": 1},
+            {"fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1},
         ),
         (
-            {"method_params.coop.epochs": 3},
+            {"method_params.coop.epochs": 3},  # coop's runs only, not maple's
             {
                 "train": 3,
                 "overfit": 3,
                 "fit_diffusion": 3,
-                "evaluate_baseline": 7,
-                "evaluate_diffusion": 7,
+                "evaluate_baseline": 3,
+                "evaluate_diffusion": 3,
                 "report": 1,
                 "all": 1,
             },
@@ -532,9 +552,9 @@ def test_stub_run_writes_the_report(smoke_run):
         (
             {"evaluation.batch_size": 128},
             {
-                "evaluate_baseline": 7,
-                "evaluate_diffusion": 7,
-                "evaluate_zeroshot": 7,
+                "evaluate_baseline": 6,
+                "evaluate_diffusion": 6,
+                "evaluate_zeroshot": 3,
                 "report": 1,
                 "all": 1,
             },
@@ -544,13 +564,14 @@ def test_stub_run_writes_the_report(smoke_run):
             {"world.cast": 0.3},  # new datasets, same label space: no new pretraining
             {
                 "prepare": 1,
+                "check_data": 3,
                 "fewshot": 2,
-                "train": 3,
-                "overfit": 3,
-                "fit_diffusion": 3,
-                "evaluate_baseline": 7,
-                "evaluate_diffusion": 7,
-                "evaluate_zeroshot": 7,
+                "train": 6,
+                "overfit": 6,
+                "fit_diffusion": 6,
+                "evaluate_baseline": 6,
+                "evaluate_diffusion": 6,
+                "evaluate_zeroshot": 3,
                 "report": 1,
                 "all": 1,
             },

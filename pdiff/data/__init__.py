@@ -1,6 +1,8 @@
 """Datasets in the CoOp/Dassl layout: split reading, few-shot draws, templates, images."""
 
 from pdiff.data.coop import (
+    DEFAULT_FORMAT,
+    FORMATS,
     KNOWN_DATASETS,
     SPLITS,
     DatasetSpec,
@@ -30,6 +32,8 @@ from pdiff.data.templates import (
 )
 
 __all__ = [
+    "DEFAULT_FORMAT",
+    "FORMATS",
     "GENERIC_TEMPLATE",
     "KNOWN_DATASETS",
     "MAX_VAL_SHOTS",

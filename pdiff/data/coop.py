@@ -1,9 +1,14 @@
-"""Reader for datasets in the CoOp/Dassl on-disk layout.
+"""Readers for datasets in the CoOp/Dassl on-disk layouts.
 
-Layout::
+The default format (``split_json``) is CoOp's split file, shared by nine of the benchmark
+datasets and by any user dataset laid out the same way::
 
     <data_root>/<folder>/<split_file>             # {"train": [[impath, label, classname], ...],
     <data_root>/<folder>/<image_dir>/<impath>     #  "val": [...], "test": [...]}
+
+ImageNet, FGVCAircraft and the four ImageNet variants have no split file; their readers live in
+:mod:`pdiff.data.layouts` and are chosen by the spec's ``format``. :func:`read_split` is the one
+entry point for all formats.
 
 Image paths stay relative to the dataset's image directory everywhere in pdiff (few-shot draws,
 caches, manifests), so outputs do not depend on where the data root is mounted.
@@ -19,7 +24,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pdiff.data.templates import GENERIC_TEMPLATE, template_for, validate_template
+from pdiff.data.templates import (
+    GENERIC_TEMPLATE,
+    clean_classname,
+    template_for,
+    validate_template,
+)
 from pdiff.errors import PdiffError
 
 log = logging.getLogger(__name__)
@@ -40,39 +50,120 @@ class Datum:
         return [self.impath, self.label, self.classname]
 
 
-#: The CoOp datasets that ship a ``split_zhou_*.json`` file: folder and image dir as in CoOp's
-#: ``datasets/*.py``, so ``DatasetSpec.from_dict("OxfordPets")`` finds an unmodified CoOp root.
+#: On-disk formats: name -> what the reader expects under ``<data_root>/<folder>``.
+FORMATS: dict[str, str] = {
+    "split_json": "<split_file> (CoOp's split_zhou_*.json) and images under <image_dir>",
+    "imagenet": "<classnames_file> ('wnid name' lines), <image_dir>/train/<wnid>/*, "
+    "<image_dir>/val/<wnid>/* (val is used as test, and as val, as in CoOp)",
+    "fgvc_aircraft": "variants.txt, images_variant_{train,val,test}.txt and <image_dir>/<id>.jpg",
+    "imagenetv2": "<classnames_file> and <image_dir>/<label index>/* (test only)",
+    "wnid_folders": "<classnames_file> and <image_dir>/<wnid>/*, one folder per class (test only)",
+}
+DEFAULT_FORMAT = "split_json"
+
+#: The 15 CoOp benchmark datasets under their CoOp names, with CoOp's folders (``datasets/*.py``
+#: and DATASETS.md), so ``DatasetSpec.from_dict("OxfordPets")`` finds an unmodified CoOp root.
 KNOWN_DATASETS: dict[str, dict[str, str]] = {
-    "Caltech101": {"folder": "caltech-101", "image_dir": "101_ObjectCategories"},
-    "DescribableTextures": {"folder": "dtd", "image_dir": "images"},
-    "EuroSAT": {"folder": "eurosat", "image_dir": "2750"},
-    "Food101": {"folder": "food-101", "image_dir": "images"},
-    "OxfordFlowers": {"folder": "oxford_flowers", "image_dir": "jpg"},
-    "OxfordPets": {"folder": "oxford_pets", "image_dir": "images"},
-    "StanfordCars": {"folder": "stanford_cars", "image_dir": ""},
-    "SUN397": {"folder": "sun397", "image_dir": "SUN397"},
-    "UCF101": {"folder": "ucf101", "image_dir": "UCF-101-midframes"},
+    "ImageNet": {"format": "imagenet", "folder": "imagenet", "image_dir": "images"},
+    "Caltech101": {
+        "folder": "caltech-101",
+        "split_file": "split_zhou_Caltech101.json",
+        "image_dir": "101_ObjectCategories",
+    },
+    "OxfordPets": {
+        "folder": "oxford_pets",
+        "split_file": "split_zhou_OxfordPets.json",
+        "image_dir": "images",
+    },
+    # Paths in Stanford Cars' split file start with cars_train/ or cars_test/.
+    "StanfordCars": {
+        "folder": "stanford_cars",
+        "split_file": "split_zhou_StanfordCars.json",
+        "image_dir": "",
+    },
+    "OxfordFlowers": {
+        "folder": "oxford_flowers",
+        "split_file": "split_zhou_OxfordFlowers.json",
+        "image_dir": "jpg",
+    },
+    "Food101": {
+        "folder": "food-101",
+        "split_file": "split_zhou_Food101.json",
+        "image_dir": "images",
+    },
+    "FGVCAircraft": {"format": "fgvc_aircraft", "folder": "fgvc_aircraft", "image_dir": "images"},
+    "SUN397": {"folder": "sun397", "split_file": "split_zhou_SUN397.json", "image_dir": "SUN397"},
+    "DescribableTextures": {
+        "folder": "dtd",
+        "split_file": "split_zhou_DescribableTextures.json",
+        "image_dir": "images",
+    },
+    "EuroSAT": {"folder": "eurosat", "split_file": "split_zhou_EuroSAT.json", "image_dir": "2750"},
+    "UCF101": {
+        "folder": "ucf101",
+        "split_file": "split_zhou_UCF101.json",
+        "image_dir": "UCF-101-midframes",
+    },
+    "ImageNetV2": {
+        "format": "imagenetv2",
+        "folder": "imagenetv2",
+        "image_dir": "imagenetv2-matched-frequency-format-val",
+    },
+    "ImageNetSketch": {
+        "format": "wnid_folders",
+        "folder": "imagenet-sketch",
+        "image_dir": "images",
+    },
+    "ImageNetA": {
+        "format": "wnid_folders",
+        "folder": "imagenet-adversarial",
+        "image_dir": "imagenet-a",
+    },
+    "ImageNetR": {
+        "format": "wnid_folders",
+        "folder": "imagenet-rendition",
+        "image_dir": "imagenet-r",
+    },
 }
 
 
 @dataclass
 class DatasetSpec:
-    """Where a dataset lives under the data root and which prompt template it uses."""
+    """Where a dataset lives under the data root, its on-disk format and its prompt template.
+
+    ``split_file`` is needed by the ``split_json`` format only; ``classnames_file`` (relative to
+    the dataset folder) by the ImageNet-family formats only.
+    """
 
     name: str
     folder: str
-    split_file: str
+    split_file: str = ""
     template: str = GENERIC_TEMPLATE
     image_dir: str = ""
+    format: str = DEFAULT_FORMAT
+    classnames_file: str = "classnames.txt"
 
     def __post_init__(self) -> None:
-        for key in ("name", "folder", "split_file"):
+        for key in ("name", "folder", "format", "classnames_file"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value:
                 raise PdiffError(
                     f"dataset spec field {key!r} must be a non-empty string, got {value!r}; "
                     "fix the dataset entry in the config"
                 )
+        if self.format not in FORMATS:
+            raise PdiffError(
+                f"dataset {self.name!r}: unknown format {self.format!r}; use one of "
+                f"{', '.join(FORMATS)} (or leave it out for a CoOp split file)"
+            )
+        if not isinstance(self.split_file, str) or (
+            self.format == "split_json" and not self.split_file
+        ):
+            raise PdiffError(
+                f"dataset {self.name!r}: format split_json needs 'split_file', the split JSON's "
+                f"name inside the dataset folder (got {self.split_file!r}); add it to the "
+                "dataset entry in the config"
+            )
         if not isinstance(self.image_dir, str):
             raise PdiffError(
                 f"dataset {self.name!r}: image_dir must be a string, got {self.image_dir!r}; "
@@ -84,22 +175,19 @@ class DatasetSpec:
     def from_dict(cls, name_or_dict: str | Mapping[str, Any]) -> DatasetSpec:
         """Build a spec from a config mapping, or from the name of a known CoOp dataset.
 
-        A mapping needs ``name``, ``folder`` and ``split_file``; ``template`` defaults to CoOp's
-        template for that name (generic otherwise) and ``image_dir`` to ``""``.
+        A mapping needs ``name`` and ``folder`` (plus ``split_file`` for the default
+        ``split_json`` format). When ``name`` is one of :data:`KNOWN_DATASETS` its CoOp values
+        fill every key the mapping leaves out, so ``{"name": "ImageNet"}`` is a full entry.
+        ``template`` defaults to CoOp's template for that name (generic otherwise).
         """
         if isinstance(name_or_dict, str):
-            name = name_or_dict
-            if name not in KNOWN_DATASETS:
+            name_or_dict = {"name": name_or_dict}
+            if name_or_dict["name"] not in KNOWN_DATASETS:
                 raise PdiffError(
-                    f"unknown dataset {name!r}; give a mapping with name/folder/split_file in the "
-                    f"config or use one of: {', '.join(sorted(KNOWN_DATASETS))}"
+                    f"unknown dataset {name_or_dict['name']!r}; give a mapping with "
+                    "name/folder/split_file in the config or use one of: "
+                    f"{', '.join(sorted(KNOWN_DATASETS))}"
                 )
-            return cls(
-                name=name,
-                split_file=f"split_zhou_{name}.json",
-                template=template_for(name),
-                **KNOWN_DATASETS[name],
-            )
         if not isinstance(name_or_dict, Mapping):
             raise PdiffError(
                 f"dataset spec must be a mapping or a dataset name, got "
@@ -109,26 +197,32 @@ class DatasetSpec:
         unknown = sorted(set(name_or_dict) - set(valid))
         if unknown:
             raise PdiffError(f"unknown dataset spec key(s) {unknown}; valid keys are {valid}")
-        missing = [k for k in ("name", "folder", "split_file") if k not in name_or_dict]
+        name = name_or_dict.get("name")
+        defaults = KNOWN_DATASETS.get(name, {}) if isinstance(name, str) else {}
+        kwargs = {**defaults, **name_or_dict}
+        missing = [k for k in ("name", "folder") if k not in kwargs]
         if missing:
             raise PdiffError(
                 f"dataset spec {dict(name_or_dict)!r} is missing {missing}; "
                 "add them to the dataset entry in the config"
             )
-        kwargs = dict(name_or_dict)
         kwargs.setdefault("template", template_for(str(kwargs["name"])))
         return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, str]:
+        """The full entry, every default filled in (a config entry that round-trips)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def dataset_dir(self, data_root: str | os.PathLike) -> Path:
         """``<data_root>/<folder>``."""
         return Path(data_root) / self.folder
 
     def image_root(self, data_root: str | os.PathLike) -> Path:
-        """Directory the split file's image paths are relative to."""
+        """Directory the datasets' image paths (``Datum.impath``) are relative to."""
         return self.dataset_dir(data_root) / self.image_dir
 
     def split_path(self, data_root: str | os.PathLike) -> Path:
-        """``<data_root>/<folder>/<split_file>``."""
+        """``<data_root>/<folder>/<split_file>`` (split_json format)."""
         return self.dataset_dir(data_root) / self.split_file
 
 
@@ -216,21 +310,15 @@ def classnames_from(data: list[Datum], source: Path | str) -> list[str]:
     return classnames
 
 
-def read_split(
-    data_root: str | os.PathLike, spec: DatasetSpec | str | Mapping[str, Any]
-) -> DatasetSplits:
-    """Read and validate ``<data_root>/<folder>/<split_file>``.
+def cleaned(data: list[Datum], classnames: list[str]) -> list[Datum]:
+    """``data`` with each class name replaced by ``classnames[label]`` (same list if unchanged)."""
+    if all(d.classname == classnames[d.label] for d in data):
+        return data
+    return [Datum(d.impath, d.label, classnames[d.label]) for d in data]
 
-    Class names are taken as written in the split file (CoOp's files hold cleaned names), from
-    all three splits, so a class missing from one split still gets its name.
-    """
-    spec = _as_spec(spec)
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise PdiffError(
-            f"data root {root} does not exist; set data.root in the config (or --data-root) "
-            "to the folder holding the datasets, or run `pdiff check-data`"
-        )
+
+def read_split_json(root: Path, spec: DatasetSpec) -> tuple[list[Datum], ...]:
+    """CoOp's split file: train, val and test lists as written in ``<folder>/<split_file>``."""
     path = spec.split_path(root)
     if not path.is_file():
         raise PdiffError(
@@ -254,14 +342,46 @@ def read_split(
             f"split file {path} lacks split(s) {missing}; it needs {list(SPLITS)}, "
             "restore or regenerate it"
         )
-    parts = {s: parse_entries(raw[s], path, s) for s in SPLITS}
-    classnames = classnames_from(parts["train"] + parts["val"] + parts["test"], path)
+    return tuple(parse_entries(raw[s], path, s) for s in SPLITS)
+
+
+def read_split(
+    data_root: str | os.PathLike, spec: DatasetSpec | str | Mapping[str, Any]
+) -> DatasetSplits:
+    """Read and validate one dataset in the format its spec names.
+
+    Class names are taken from all three splits, so a class missing from one split still gets
+    its name, and cleaned the way CoOp's trainers do before prompting (underscores to spaces:
+    CoOp's split files keep e.g. ``"apple_pie"`` and ``"Apply_Eye_Makeup"``). Test-only
+    datasets return empty train and val lists.
+    """
+    spec = _as_spec(spec)
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise PdiffError(
+            f"data root {root} does not exist; set data.root in the config (or --data-root) "
+            "to the folder holding the datasets, or run `pdiff check-data`"
+        )
+    if spec.format == "split_json":
+        train, val, test = read_split_json(root, spec)
+        source: Path = spec.split_path(root)
+    else:
+        # Local import: the folder-layout readers build on this module.
+        from pdiff.data.layouts import read_layout
+
+        train, val, test = read_layout(root, spec)
+        source = spec.dataset_dir(root)
+    raw_names = classnames_from(train + val + test, source)
+    classnames = [clean_classname(c) for c in raw_names]
+    if classnames != raw_names:
+        train, val, test = (cleaned(x, classnames) for x in (train, val, test))
     log.info(
-        "read %s: %d classes, train/val/test = %d/%d/%d",
-        path,
+        "read %s (%s): %d classes, train/val/test = %d/%d/%d",
+        source,
+        spec.format,
         len(classnames),
-        len(parts["train"]),
-        len(parts["val"]),
-        len(parts["test"]),
+        len(train),
+        len(val),
+        len(test),
     )
-    return DatasetSplits(spec=spec, classnames=classnames, **parts)
+    return DatasetSplits(spec=spec, train=train, val=val, test=test, classnames=classnames)

@@ -1,4 +1,5 @@
-# Backbone: regenerate the demo's tiny CLIP by contrastive pretraining on captioned images drawn
+# Backbone: fetch the configured open_clip weights once into the cache (a local rule, the only
+# step that touches the network: on a cluster it runs on the login node), or regenerate the demo's tiny CLIP by contrastive pretraining on captioned images drawn
 # procedurally from the world (only when backbone.pretrained is "pretrain"; otherwise the
 # backbone is the shipped checkpoint, an open_clip tag or a checkpoint path, and no job makes it).
 # Pretraining reads only the world's label space and image size (PRETRAIN_WORLD_KEYS), not the
@@ -28,3 +29,28 @@ if PRETRAIN:
             "pdiff pretrain --params {params.pretrain:q} --world {params.world:q}"
             " --model {wildcards.model:q} --out {output.model:q}"
             " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
+
+
+if IS_TAG:
+
+    rule fetch_weights:
+        output:
+            WEIGHTS_FILE,
+        log:
+            f"{RESULTS}/logs/fetch_weights/{MODEL}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/fetch_weights/{MODEL}.tsv"
+        localrule: True
+        conda:
+            "../../envs/pdiff.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        params:
+            model=MODEL,
+            pretrained=PRETRAINED,
+            cache_dir=config["backbone"]["weights_dir"],
+        shell:
+            "pdiff fetch-weights --model {params.model:q} --pretrained {params.pretrained:q}"
+            " --cache-dir {params.cache_dir:q} --threads {threads} > {log:q} 2>&1"

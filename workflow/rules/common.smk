@@ -48,6 +48,17 @@ def check_config(cfg):
                 f"{method!r} from methods."
             )
 
+    if "cross_dataset" in protocols and "domain_generalization" in protocols:
+        sources = {
+            protocols[p]["source"] for p in ("cross_dataset", "domain_generalization")
+        }
+        if len(sources) > 1:
+            raise WorkflowError(
+                "config: protocols.cross_dataset.source and protocols.domain_generalization."
+                f"source differ ({' vs '.join(sorted(sources))}); both protocols evaluate one "
+                "all-class source run (ImageNet in the paper), so give them the same source."
+            )
+
     diffusion = cfg["diffusion"]
     if diffusion["width"] % diffusion["heads"]:
         raise WorkflowError(
@@ -97,6 +108,17 @@ GPU = config["gpu"]
 PRETRAIN_WORLD_KEYS = ("colours", "objects", "image_size")
 
 MANIFEST = f"{DATA_ROOT}/manifest.json"
+PRETRAINED = config["backbone"]["pretrained"]
+# An open_clip pretrained tag (e.g. openai), not shipped/pretrain or a checkpoint path: the local
+# fetch_weights rule caches it once and every compute job loads only that file.
+IS_TAG = PRETRAINED not in ("shipped", "pretrain") and not re.search(
+    r"[/\\]|\.(safetensors|pt|pth|bin)$", PRETRAINED
+)
+WEIGHTS_FILE = (
+    f"{config['backbone']['weights_dir']}/{MODEL}/{PRETRAINED}.safetensors"
+    if IS_TAG
+    else None
+)
 BACKBONE_CKPT = f"{RESULTS}/backbone/{MODEL}.safetensors"
 RUN = "{dataset}/{method}/{classes}/seed{seed}"
 
@@ -109,13 +131,10 @@ def alternation(names):
 
 wildcard_constraints:
     dataset=alternation(config["datasets"]),
-    target=alternation(config["datasets"]),
     method=alternation(TRAINED_METHODS),
     classes="base|all",
     seed=r"\d+",
     shots=r"\d+",
-    split="base|new|all",
-    mode="baseline|diffusion",
     model=re.escape(MODEL),
 
 
@@ -134,7 +153,7 @@ def dataset_json(name):
 
 
 def backbone_json():
-    pretrained = BACKBONE_CKPT if PRETRAIN else config["backbone"]["pretrained"]
+    pretrained = BACKBONE_CKPT if PRETRAIN else WEIGHTS_FILE or PRETRAINED
     return to_json({"model": MODEL, "pretrained": pretrained})
 
 
@@ -152,34 +171,25 @@ def data_root(wildcards):
 # ---------------------------------------------------------------------------------------------
 
 
-_UNPLANNED_DATA = set()
+def check_path(name):
+    return f"{RESULTS}/data/check/{name}.json"
 
 
 def dataset_input(name):
-    """The file a job reading dataset `name` depends on: the world's manifest for the synthetic
-    demo (written by `prepare`), else the dataset's split file already on disk.
-
-    A dry run plans without datasets that are not on disk yet (e.g. `snakemake -n` of the
-    benchmark on a laptop), with one warning per dataset; a real run then stops with Snakemake's
-    missing-input error naming the split file."""
-    if SYNTHETIC:
-        return MANIFEST
-    entry = config["datasets"][name]
-    path = f"{DATA_ROOT}/{entry['folder']}/{entry['split_file']}"
-    if workflow.dryrun and not os.path.exists(path):
-        if name not in _UNPLANNED_DATA:
-            _UNPLANNED_DATA.add(name)
-            logger.warning(
-                f"dataset {name}: {path} is not on disk; the dry run plans without it, a real "
-                f"run needs it (data.root, datasets.{name}.folder/split_file)."
-            )
-        return []
-    return path
+    """What a job reading dataset `name` depends on: its check_data report, so a missing or
+    broken dataset stops the workflow in seconds, before any training starts."""
+    return check_path(name)
 
 
 def backbone_input(wildcards):
-    """The pretrained checkpoint when the workflow regenerates it (pretrained: pretrain)."""
-    return {"backbone": BACKBONE_CKPT} if PRETRAIN else {}
+    """The checkpoint file jobs load when the workflow makes it: the pretrained demo model
+    (pretrained: pretrain) or the cached open_clip weights (pretrained: an open_clip tag).
+    """
+    if PRETRAIN:
+        return {"backbone": BACKBONE_CKPT}
+    if WEIGHTS_FILE:
+        return {"weights": WEIGHTS_FILE}
+    return {}
 
 
 def fewshot_path(dataset, seed):
@@ -190,42 +200,75 @@ def run_dir(dataset, method, classes, seed):
     return f"{RESULTS}/runs/{dataset}/{method}/{classes}/seed{seed}"
 
 
-def eval_path(dataset, method, classes, seed, target, split, mode):
-    return (
-        f"{run_dir(dataset, method, classes, seed)}/eval/{target}_{split}_{mode}.json"
+def transfer_targets():
+    """Targets of the all-class source run: the source itself, then the cross-dataset and
+    domain-generalisation targets (both protocols share one source, checked above)."""
+    targets = []
+    for protocol in ("cross_dataset", "domain_generalization"):
+        if protocol in PROTOCOLS:
+            targets += [PROTOCOLS[protocol]["source"]] + PROTOCOLS[protocol]["targets"]
+    return list(dict.fromkeys(targets))
+
+
+def eval_sets(dataset, classes):
+    """(target, split) pairs one trained run is evaluated on: its own base and new classes for a
+    base-class run, every transfer target for the all-class source run."""
+    if classes == "base":
+        return [(dataset, "base"), (dataset, "new")]
+    return [(target, "all") for target in transfer_targets()]
+
+
+def zeroshot_sets(dataset):
+    """(target, split) pairs zero-shot CLIP is evaluated on for one dataset."""
+    sets = []
+    if "base2new" in PROTOCOLS and dataset in PROTOCOLS["base2new"]["datasets"]:
+        sets += [(dataset, "base"), (dataset, "new")]
+    if dataset in transfer_targets():
+        sets.append((dataset, "all"))
+    return sets
+
+
+def sets_json(sets):
+    """The --sets argument: catalogue entries and splits of `sets`."""
+    return to_json(
+        [
+            {"dataset": {"name": t, **config["datasets"][t]}, "split": split}
+            for t, split in sets
+        ]
     )
 
 
-def zeroshot_path(target, split):
-    return f"{RESULTS}/zeroshot/{target}_{split}.json"
+def sets_input(sets):
+    return list(
+        dict.fromkeys(path for t, _ in sets for path in [dataset_input(t)] if path)
+    )
+
+
+def eval_path(dataset, method, classes, seed, mode):
+    return f"{run_dir(dataset, method, classes, seed)}/eval/{mode}.json"
+
+
+def zeroshot_path(dataset):
+    return f"{RESULTS}/zeroshot/{dataset}.json"
 
 
 def report_inputs(wildcards=None):
-    """Every evaluation JSON the protocols imply (each once, in a stable order)."""
-    paths = []
-    modes = ("baseline", "diffusion")
+    """Every evaluation bundle the protocols imply, in a stable order."""
+    runs = []
     if "base2new" in PROTOCOLS:
-        for d in PROTOCOLS["base2new"]["datasets"]:
-            paths += [zeroshot_path(d, split) for split in ("base", "new")]
-            for m in TRAINED_METHODS:
-                for s in SEEDS:
-                    for split in ("base", "new"):
-                        paths += [
-                            eval_path(d, m, "base", s, d, split, mo) for mo in modes
-                        ]
-    for protocol in ("cross_dataset", "domain_generalization"):
-        if protocol not in PROTOCOLS:
-            continue
-        source = PROTOCOLS[protocol]["source"]
-        targets = [source] + PROTOCOLS[protocol]["targets"]
-        paths += [zeroshot_path(t, "all") for t in targets]
-        for m in TRAINED_METHODS:
-            for s in SEEDS:
-                for t in targets:
-                    paths += [
-                        eval_path(source, m, "all", s, t, "all", mo) for mo in modes
-                    ]
-    return list(dict.fromkeys(paths))
+        runs += [(d, "base") for d in PROTOCOLS["base2new"]["datasets"]]
+    if transfer_targets():
+        runs.append((transfer_targets()[0], "all"))
+    datasets = [d for d, _ in runs] + transfer_targets()
+    paths = [zeroshot_path(d) for d in dict.fromkeys(datasets)]
+    for m in TRAINED_METHODS:
+        for s in SEEDS:
+            for d, classes in runs:
+                paths += [
+                    eval_path(d, m, classes, s, mode)
+                    for mode in ("baseline", "diffusion")
+                ]
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-# Data: the synthetic demo world (only when data.source is synthetic) and CoOp few-shot draws.
-# With data.source: coop the datasets are already on disk and jobs depend on their split files.
+# Data: the synthetic demo world (only when data.source is synthetic), one check per dataset
+# (run first: a missing dataset, split file or image fails in seconds, naming the file) and the
+# CoOp few-shot draws. Every job that reads a dataset depends on its check.
 
 if SYNTHETIC:
 
@@ -22,6 +23,30 @@ if SYNTHETIC:
         shell:
             "pdiff prepare --params {params.world:q} --data-root {params.data_root:q}"
             " --manifest {output.manifest:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule check_data:
+    input:
+        MANIFEST if SYNTHETIC else [],
+    output:
+        check_path("{dataset}"),
+    log:
+        f"{RESULTS}/logs/check_data/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/check_data/{{dataset}}.tsv"
+    localrule: True
+    conda:
+        "../../envs/pdiff.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        datasets=lambda wildcards: f"[{dataset_json(wildcards.dataset)}]",
+        data_root=data_root,
+    shell:
+        "pdiff check-data --data-root {params.data_root:q} --datasets {params.datasets:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule fewshot:

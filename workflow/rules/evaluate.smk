@@ -1,21 +1,23 @@
-# Evaluation. One JSON per (run, target dataset, split, mode), full precision; the report reads
-# only these. The baseline and diffusion modes are separate rules so that each one's params hold
-# exactly its config: changing `sampling` reruns evaluate_diffusion (and the report) only.
-
-EVAL = f"{RESULTS}/runs/{RUN}/eval/{{target}}_{{split}}"
+# Evaluation. One job per trained run and mode evaluates every (target, split) that run is
+# compared on (base + new of its dataset, or all transfer targets), loading the backbone, prompt
+# and DiT once; it writes one full-precision record per set into one bundle, which is all the
+# report reads. Baseline and diffusion are separate rules so that each one's params hold exactly
+# its config: changing `sampling` reruns evaluate_diffusion (and the report) only.
 
 
 rule evaluate_baseline:
     input:
         unpack(backbone_input),
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        data=lambda wildcards: dataset_input(wildcards.target),
+        data=lambda wildcards: sets_input(
+            eval_sets(wildcards.dataset, wildcards.classes)
+        ),
     output:
-        f"{EVAL}_baseline.json",
+        f"{RESULTS}/runs/{RUN}/eval/baseline.json",
     log:
-        f"{RESULTS}/logs/evaluate_baseline/{RUN}/{{target}}_{{split}}.log",
+        f"{RESULTS}/logs/evaluate_baseline/{RUN}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_baseline/{RUN}/{{target}}_{{split}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_baseline/{RUN}.tsv"
     conda:
         "../../envs/pdiff.yaml"
     threads: 1
@@ -26,14 +28,15 @@ rule evaluate_baseline:
     params:
         evaluation=to_json({"evaluation": config["evaluation"]}),
         backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.target),
+        sets=lambda wildcards: sets_json(
+            eval_sets(wildcards.dataset, wildcards.classes)
+        ),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode baseline --prompt {input.prompt:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --dataset {params.dataset:q} --split {wildcards.split}"
-        " --params {params.evaluation:q} --seed {wildcards.seed} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --sets {params.sets:q} --params {params.evaluation:q}"
+        " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_diffusion:
@@ -41,13 +44,15 @@ rule evaluate_diffusion:
         unpack(backbone_input),
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
         dit=f"{RESULTS}/runs/{RUN}/dit.safetensors",
-        data=lambda wildcards: dataset_input(wildcards.target),
+        data=lambda wildcards: sets_input(
+            eval_sets(wildcards.dataset, wildcards.classes)
+        ),
     output:
-        f"{EVAL}_diffusion.json",
+        f"{RESULTS}/runs/{RUN}/eval/diffusion.json",
     log:
-        f"{RESULTS}/logs/evaluate_diffusion/{RUN}/{{target}}_{{split}}.log",
+        f"{RESULTS}/logs/evaluate_diffusion/{RUN}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_diffusion/{RUN}/{{target}}_{{split}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_diffusion/{RUN}.tsv"
     conda:
         "../../envs/pdiff.yaml"
     threads: 1
@@ -60,26 +65,27 @@ rule evaluate_diffusion:
             {"evaluation": config["evaluation"], "sampling": config["sampling"]}
         ),
         backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.target),
+        sets=lambda wildcards: sets_json(
+            eval_sets(wildcards.dataset, wildcards.classes)
+        ),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode diffusion --prompt {input.prompt:q} --dit {input.dit:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --dataset {params.dataset:q} --split {wildcards.split}"
-        " --params {params.evaluation:q} --seed {wildcards.seed} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --sets {params.sets:q} --params {params.evaluation:q}"
+        " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_zeroshot:
     input:
         unpack(backbone_input),
-        data=lambda wildcards: dataset_input(wildcards.target),
+        data=lambda wildcards: sets_input(zeroshot_sets(wildcards.dataset)),
     output:
-        f"{RESULTS}/zeroshot/{{target}}_{{split}}.json",
+        f"{RESULTS}/zeroshot/{{dataset}}.json",
     log:
-        f"{RESULTS}/logs/evaluate_zeroshot/{{target}}_{{split}}.log",
+        f"{RESULTS}/logs/evaluate_zeroshot/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_zeroshot/{{target}}_{{split}}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_zeroshot/{{dataset}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
     threads: 1
@@ -90,10 +96,10 @@ rule evaluate_zeroshot:
     params:
         evaluation=to_json({"evaluation": config["evaluation"]}),
         backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.target),
+        sets=lambda wildcards: sets_json(zeroshot_sets(wildcards.dataset)),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode zeroshot --backbone {params.backbone:q}"
-        " --data-root {params.data_root:q} --dataset {params.dataset:q}"
-        " --split {wildcards.split} --params {params.evaluation:q} --seed 0 --out {output:q}"
+        " --data-root {params.data_root:q} --sets {params.sets:q}"
+        " --params {params.evaluation:q} --seed 0 --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"
