@@ -14,6 +14,7 @@ from torch import nn
 from pdiff.backbone import Backbone
 from pdiff.data.templates import format_prompt
 from pdiff.errors import PdiffError
+from pdiff.prefix_sharing import encode_shared_prefix, supports_prefix_sharing
 
 
 def init_phrase(params: dict) -> str | None:
@@ -60,8 +61,16 @@ class ClassTexts(nn.Module):
         self.register_buffer("suffix", emb[:, 1 + n_ctx :], persistent=False)
         self.register_buffer("eot", eot, persistent=False)
 
+    #: encode the shared [SOT] + context once per prompt (exact; False: the plain path)
+    share_prefix: bool = True
+
     def forward(self, ctx: torch.Tensor, deep: torch.Tensor | None = None) -> torch.Tensor:
         """ctx [P, M, W] (+ deep [P, D, M, W]) -> normalised class text features [P, C, E]."""
+        model = self.backbone.model
+        if self.share_prefix and supports_prefix_sharing(model):
+            prefix = torch.cat([self.prefix[:1].expand(ctx.shape[0], -1, -1), ctx], dim=1)
+            feats = encode_shared_prefix(model, prefix, self.suffix, self.eot, deep)
+            return F.normalize(feats, dim=-1)
         p, c = ctx.shape[0], self.prefix.shape[0]
         seq = torch.cat(
             [
