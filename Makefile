@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test lint report clean
+.PHONY: install demo test test-slurm lint report clean
 
 $(BIN)/pdiff: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ report: install
 
 test: install
 	$(BIN)/pytest -q
+
+# The smoke pipeline on a local single-node Slurm (root: installs slurm and munge with apt-get).
+test-slurm: install
+	.ci/slurm
 
 lint: install
 	$(BIN)/ruff check .

@@ -24,9 +24,10 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
+# Cheap rules (data checks, few-shot draws, weights, report) are marked `localrule: True`
+# where they are defined: on SLURM they run on the login node, not as jobs.
 localrules:
     all,
-    report,
 
 
 rule all:

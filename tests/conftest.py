@@ -9,6 +9,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import open_clip  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -52,3 +56,27 @@ def world(tmp_path_factory) -> str:
 def dataset_spec(name: str) -> dict:
     return {"name": name, "folder": name, "split_file": f"split_zhou_{name}.json",
             "template": "a photo of a {}."}
+
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SMOKE = REPO / "config" / "smoke.yaml"
+
+
+def smoke_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake on the smoke config with this venv's `pdiff`, working directory `workdir`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+         str(workdir), "--configfile", str(SMOKE), "--workflow-profile", "none", *args],
+        env=env, capture_output=True, text=True, timeout=1500,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Path:
+    """The smoke DAG run for real, once per session: its results folder."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    res = smoke_snakemake(workdir, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-4000:]
+    return workdir / "results" / "smoke"

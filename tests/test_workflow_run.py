@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import smoke_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -22,22 +22,8 @@ ROWS = {"zero-shot CLIP", "CoOp", "CoOp + prompt diffusion", "MaPLe", "MaPLe + p
 
 pytestmark = pytest.mark.workflow
 
-
-def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
-         str(workdir), "--configfile", str(SMOKE), "--workflow-profile", "none", *args],
-        env=env, capture_output=True, text=True, timeout=1500,
-    )
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke")
-    res = _snakemake(workdir, "--cores", "2")
-    assert res.returncode == 0, res.stderr[-4000:]
-    return workdir / "results" / "smoke"
+# `smoke` (the smoke DAG run once per session) and `smoke_snakemake` live in conftest.py: the
+# Slurm test compares its run with the same local run.
 
 
 def _rows(path: Path) -> list[dict]:
@@ -74,13 +60,13 @@ def test_backbone_pretrained_by_the_dag_and_stores_written(smoke):
 
 
 def test_second_run_has_nothing_to_do(smoke):
-    res = _snakemake(smoke.parent.parent, "-n", "--cores", "2")
+    res = smoke_snakemake(smoke.parent.parent, "-n", "--cores", "2")
     assert res.returncode == 0
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
 def test_html_report_builds(smoke):
     html = smoke.parent.parent / "report.html"
-    res = _snakemake(smoke.parent.parent, "--report", str(html))
+    res = smoke_snakemake(smoke.parent.parent, "--report", str(html))
     assert res.returncode == 0, res.stderr[-3000:]
     assert html.stat().st_size > 10_000

@@ -13,6 +13,7 @@ if SYNTHETIC:
             f"{RESULTS}/benchmarks/prepare/world.tsv"
         conda:
             "../../envs/pdiff.yaml"
+        localrule: True
         threads: 2
         resources:
             mem_mb=2000,
@@ -60,6 +61,7 @@ rule fewshot:
         f"{RESULTS}/benchmarks/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
+    localrule: True
     threads: 1
     resources:
         mem_mb=1000,

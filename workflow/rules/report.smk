@@ -13,6 +13,7 @@ rule report:
         f"{RESULTS}/benchmarks/report/report.tsv"
     conda:
         "../../envs/pdiff.yaml"
+    localrule: True
     threads: 1
     resources:
         mem_mb=2000,
