@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["zeroshot", "baseline", "diffusion"], required=True)
     p.add_argument("--prompt")
     p.add_argument("--dit")
+    p.add_argument("--store", help="the run's prompt store: adds the memorisation check")
     p.add_argument("--backbone", type=_json_arg, required=True)
     p.add_argument("--data-root", required=True, help="folder holding the datasets")
     p.add_argument("--sets", type=_sets_arg, required=True,
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> None:
         from pdiff.evaluate import evaluate
 
         evaluate(args.mode, args.backbone, args.data_root, args.sets, args.params, args.seed,
-                 args.out, prompt=args.prompt, dit=args.dit)
+                 args.out, prompt=args.prompt, dit=args.dit, store=args.store)
     elif cmd == "report":
         from pdiff.report import make_report
 

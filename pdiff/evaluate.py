@@ -15,15 +15,18 @@ import torch
 from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
 from pdiff.data import DatasetSpec, class_subset, read_split, subsample_classes
+from pdiff.diagnose import memorisation
 from pdiff.diffusion.train import load_diffusion
 from pdiff.errors import PdiffError
 from pdiff.inputs import load_inputs
 from pdiff.methods import Inputs, PromptMethod, get_method
+from pdiff.store import read_store
 from pdiff.utils import get_device, set_seed, write_json
 
 log = logging.getLogger(__name__)
 
 MODES = ("zeroshot", "baseline", "diffusion")
+MEMORISATION_CAP = 2000
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15
@@ -57,8 +60,8 @@ def predict(method: PromptMethod, inputs: Inputs, batch_size: int, generate=None
 
 
 def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
-             seed: int, out: str, prompt: str | None = None, dit: str | None = None
-             ) -> list[dict]:
+             seed: int, out: str, prompt: str | None = None, dit: str | None = None,
+             store: str | None = None) -> list[dict]:
     """Evaluate one prompt (or zero-shot CLIP) on every (dataset, split) of `sets`.
 
     One job per trained run loads the backbone, the prompt and the DiT once; each set still gets
@@ -76,14 +79,27 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
     backbone = load_backbone(backbone_spec, get_device())
     method, meta = (None, {}) if mode == "zeroshot" else load_prompt(prompt, backbone)
     dm = load_diffusion(dit) if mode == "diffusion" else None
+    stored = None
+    if store is not None and mode == "diffusion":
+        st = read_store(store, expect_method=meta["method"], expect_backbone=backbone.identity)
+        stored = torch.from_numpy(_subsample(st.prompts, seed))
     records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s["dataset"],
-                             s["split"], params, seed) for s in sets]
+                             s["split"], params, seed, stored) for s in sets]
     write_json(out, {"evaluations": records})
     return records
 
 
+def _subsample(x, seed: int, cap: int = MEMORISATION_CAP):
+    """At most `cap` rows, a seeded choice: the nearest-neighbour check is quadratic."""
+    if len(x) <= cap:
+        return x
+    g = torch.Generator().manual_seed(seed)
+    return x[torch.randperm(len(x), generator=g)[:cap].sort().values.numpy()]
+
+
 def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, dm,
-                  data_root: str, dataset: dict, split: str, params: dict, seed: int) -> dict:
+                  data_root: str, dataset: dict, split: str, params: dict, seed: int,
+                  stored: torch.Tensor | None = None) -> dict:
     spec = DatasetSpec.from_dict(dataset)
     splits = read_split(data_root, spec)
     (test,) = subsample_classes(splits.test, subsample=split)
@@ -94,12 +110,12 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
         method.set_classnames(classnames)
     inputs, labels = load_inputs(data_root, spec, test, backbone, method.needs_images)
 
-    generate, sampling = None, None
+    generate, sampling, generated = None, None, []
     if dm is not None:
         sampling = params["sampling"]
         # a fresh generator per set: a set's numbers do not depend on what ran before it
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        generate = _draws(method, dm, method.layout, sampling, gen)
+        generate = _draws(method, dm, method.layout, sampling, gen, generated)
 
     t0 = time.time()
     probs, nfe = predict(method, inputs, params["evaluation"]["batch_size"], generate)
@@ -124,19 +140,27 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
         "sampling": sampling,
         "backbone": backbone.identity,
     }
+    if stored is not None:
+        mask = method.layout.mask()
+        metrics["memorisation"] = memorisation(
+            torch.from_numpy(_subsample(torch.cat(generated).numpy(), seed)), stored, mask)
     log.info("%s %s on %s/%s: %.2f%% (%d/%d), %.1fs", mode, metrics["method"], spec.name, split,
              metrics["accuracy"], correct, len(labels), seconds)
     return metrics
 
 
-def _draws(method: PromptMethod, dm, layout, sampling: dict, gen: torch.Generator):
-    """Build the per-batch generator: `draws` ODE samples per image, probabilities averaged."""
+def _draws(method: PromptMethod, dm, layout, sampling: dict, gen: torch.Generator,
+           keep: list[torch.Tensor]):
+    """Build the per-batch generator: `draws` ODE samples per image, probabilities averaged;
+    the first draw's packed prompts are appended to `keep` (for the memorisation check)."""
 
     def generate(cond: torch.Tensor):
         prompts, nfe = [], 0
-        for _ in range(sampling["draws"]):
+        for i in range(sampling["draws"]):
             tokens, n = dm.generate(cond, solver=sampling["solver"], steps=sampling["steps"],
                                     start=sampling["start"], generator=gen)
+            if i == 0:
+                keep.append(tokens.detach().cpu())
             prompts.append(layout.unpack(tokens.to(cond.device)))
             nfe += n
 

@@ -132,13 +132,22 @@ class Row:
         return name if self.mode == "baseline" else f"{name} + prompt diffusion"
 
 
-Key = tuple[str, str, Any, Any, Any, str, str]
+Key = tuple[str, str, Any, Any, Any, str, str, str]
+DEFAULT = "default"
+STAGES = ("overfit", "diffusion", "sampling")
 
 
-def _key(mode, method, train_dataset, train_classes, seed, target, split) -> Key:
+def variant_label(variant: dict | None) -> str:
+    """"default", or the one stage setting that differs, e.g. "sampling: steps=10"."""
+    parts = [f"{k}: {v}" for k, v in (variant or {}).items() if k in STAGES and v != DEFAULT]
+    return "; ".join(parts) or DEFAULT
+
+
+def _key(mode, method, train_dataset, train_classes, seed, target, split, variant=DEFAULT
+         ) -> Key:
     if mode == "zeroshot":  # one deterministic evaluation, whatever was trained
         method, train_dataset, train_classes, seed = "zeroshot", None, None, None
-    return (mode, method, train_dataset, train_classes, seed, target, split)
+    return (mode, method, train_dataset, train_classes, seed, target, split, variant)
 
 
 def _is_number(x: Any) -> bool:
@@ -190,11 +199,12 @@ def _index(inputs: Iterable[Path]) -> dict[Key, dict]:
     for path in inputs:
         for r in load_evaluation(path):
             key = _key(r["mode"], r["method"], r["train_dataset"], r["train_classes"],
-                       r["seed"], r["target"], r["split"])
+                       r["seed"], r["target"], r["split"], variant_label(r.get("variant")))
             if key in index:
                 raise PdiffError(
                     f"report inputs {index[key]['_file']} and {path} hold the same evaluation "
-                    f"({r['mode']} {r['method']} on {r['target']}/{r['split']}, seed {r['seed']})"
+                    f"({r['mode']} {r['method']} on {r['target']}/{r['split']}, seed {r['seed']}"
+                    f", {key[-1]})"
                 )
             index[key] = {**r, "_file": str(path)}
     return index
@@ -219,21 +229,23 @@ def _check_params(params: dict) -> tuple[dict, list[str], list[int], bool]:
 class _Lookup:
     """Accuracy lookups that collect every missing evaluation for one clear error."""
 
-    def __init__(self, index: dict[Key, dict]):
-        self.index = index
+    def __init__(self, index: dict[Key, dict], variant: str = DEFAULT):
+        self.index, self.variant = index, variant
         self.missing: list[str] = []
         self.used: set[Key] = set()
 
     def __call__(self, row: Row, seed, train_dataset, train_classes, target, split) -> float:
-        key = _key(row.mode, row.method, train_dataset, train_classes, seed, target, split)
+        variant = DEFAULT if row.mode != "diffusion" else self.variant
+        key = _key(row.mode, row.method, train_dataset, train_classes, seed, target, split,
+                   variant)
         record = self.index.get(key)
         if record is None:
             if row.mode == "zeroshot":
-                where = f"results/zeroshot/{target}_{split}.json"
+                where = f"results/zeroshot/{target}.json"
             else:
                 where = (
                     f"runs/{train_dataset}/{row.method}/{train_classes}/seed{seed}/eval/"
-                    f"{target}_{split}_{row.mode}.json"
+                    f"{row.mode}.json"
                 )
             self.missing.append(f"{row.label} on {target}/{split} (e.g. {where})")
             return math.nan
@@ -626,7 +638,15 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path) -> None:
             spec = protocols[protocol]
             tables[protocol] = _transfer(rows, seeds, spec["source"], list(spec["targets"]), acc)
     acc.raise_missing()
-    unused = len(index) - len(acc.used)
+    used = set(acc.used)
+    if any(k[-1] != DEFAULT for k in index):  # prompt diffusion evaluated in other settings
+        from pdiff.ablation import ablation_rows, write_ablation  # (it builds on this module)
+
+        ablation = ablation_rows(index, protocols, methods, seeds)
+        write_ablation(out_dir, ablation)
+        summary["ablation"] = ablation
+        used |= {k for k in index if k[-1] != DEFAULT}
+    unused = len(index) - len(used)
     if unused:
         log.warning("report: %d input evaluation(s) are not used by any protocol table", unused)
 

@@ -63,12 +63,56 @@ BIN = Path(sys.executable).parent
 SMOKE = REPO / "config" / "smoke.yaml"
 
 
+# A dataset no test or code knows about, in the CoOp layout, added to the smoke run by config
+# alone (a cross-dataset target): what a user does with their own data.
+CUSTOM_CLASSES = ["amber kite", "teal lantern", "violet anchor", "olive compass"]
+
+
+def write_custom_dataset(root: Path) -> dict:
+    """Tiny CoOp-layout dataset (split JSON + PNGs, a colour per class); its catalogue entry."""
+    import json
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(CUSTOM_CLASSES):
+        colour = torch.rand(3, generator=g)
+        for part, n in (("train", 4), ("val", 2), ("test", 3)):
+            for i in range(n):
+                pixels = (colour + 0.15 * torch.randn(32, 32, 3, generator=g)).clamp(0, 1)
+                rel = f"{name.replace(' ', '_')}/{part}_{i}.png"
+                path = root / "custom" / "images" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((pixels * 255).byte().numpy()).save(path)
+                split[part].append([rel, label, name])
+    (root / "custom" / "split_custom.json").write_text(json.dumps(split))
+    return {"folder": "custom", "split_file": "split_custom.json", "image_dir": "images",
+            "template": "a photo of a {}."}
+
+
+def smoke_config(workdir: Path) -> Path:
+    """The smoke config plus the custom dataset (written under its data root) as a
+    cross-dataset target; returns the config file to run."""
+    import yaml
+
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["datasets"]["custom"] = write_custom_dataset(workdir / cfg["data"]["root"])
+    cfg["protocols"]["cross_dataset"]["targets"].append("custom")
+    path = workdir / "smoke-custom.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 def smoke_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """Snakemake on the smoke config with this venv's `pdiff`, working directory `workdir`."""
+    """Snakemake on the smoke config (+ custom dataset) with this venv's `pdiff`, in `workdir`."""
+    config = workdir / "smoke-custom.yaml"
+    if not config.exists():
+        config = smoke_config(workdir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
-         str(workdir), "--configfile", str(SMOKE), "--workflow-profile", "none", *args],
+         str(workdir), "--configfile", str(config), "--workflow-profile", "none", *args],
         env=env, capture_output=True, text=True, timeout=1500,
     )
 

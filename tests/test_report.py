@@ -265,3 +265,36 @@ def test_empty_bundle_names_file(tmp_path):
 def test_md_table_renders_by_hand():
     text = md_table(["Method", "A"], [["x|y", "1.00"]])
     assert text.splitlines() == ["| Method | A |", "|:---|---:|", "| x\\|y | 1.00 |"]
+
+
+def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
+    """Evaluations in other settings (one stage changed) leave the protocol tables alone."""
+    paths = _write_inputs(tmp_path)
+    extra = []
+    for variant, steps, shift in ((("sampling", "steps=1"), 1, -10.0),
+                                  (("overfit", "steps=10"), 5, 2.0)):
+        for (d, mode, s), (base, new) in B2N.items():
+            if mode != "diffusion":
+                continue
+            recs = []
+            for split, a in (("base", base), ("new", new)):
+                r = _eval(mode, "coop", d, "base", s, d, split, a + shift)
+                r["sampling"] = {"solver": "euler", "steps": steps, "draws": 1}
+                r["variant"] = {"overfit": "default", "diffusion": "default",
+                                "sampling": "default", variant[0]: variant[1]}
+                recs.append(r)
+            path = tmp_path / "evals" / f"abl_{variant[0]}_{d}_{s}.json"
+            path.write_text(json.dumps({"evaluations": recs}))
+            extra.append(path)
+    out = tmp_path / "report"
+    make_report(paths + extra, PARAMS, out)
+    plain = tmp_path / "plain"
+    make_report(paths, PARAMS, plain)
+    assert (out / "base2new.csv").read_text() == (plain / "base2new.csv").read_text()
+    rows = {(r["mode"], r["setting"]): r for r in csv.DictReader((out / "ablation.csv").open())}
+    assert set(rows) == {("baseline", "–"), ("diffusion", "default"),
+                         ("diffusion", "sampling: steps=1"), ("diffusion", "overfit: steps=10")}
+    default = float(rows[("diffusion", "default")]["base"])
+    assert float(rows[("diffusion", "sampling: steps=1")]["base"]) == pytest.approx(default - 10)
+    assert (out / "figures" / "ode_steps.png").read_bytes().startswith(PNG_MAGIC)
+    assert "sampling: steps=1" in (out / "ablation.md").read_text()

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_workflow_run as local_run
-from tests.test_workflow_run import BIN, REPO, SMOKE
+from tests.conftest import BIN, REPO, smoke_config
 
 pytestmark = pytest.mark.slurm
 
@@ -117,7 +117,7 @@ def slurm_smoke(cluster, tmp_path_factory) -> dict:
     cmd = [
         "timeout", "-k", "30", str(RUN_TIMEOUT),
         str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(SMOKE),
+        "--directory", str(workdir), "--configfile", str(smoke_config(workdir)),
         "--workflow-profile", str(PROFILE), "--executor", "slurm",
         "--config", "gpu=1",
         # No accounting on the test cluster: poll with squeue (as the profile's comment says),

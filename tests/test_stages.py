@@ -79,6 +79,18 @@ def test_evaluate_writes_full_metrics_per_set(run_dir, world, backbone_spec, mod
         assert m["nfe"] == (2 * 3 if mode == "diffusion" else 0)  # 2 draws x 3 Euler steps
 
 
+def test_diffusion_evaluation_checks_memorisation_against_the_store(run_dir, world,
+                                                                   backbone_spec):
+    out = run_dir / "eval_memo.json"
+    assert _run("evaluate", "--mode", "diffusion", "--prompt", f"{run_dir}/prompt.safetensors",
+                "--dit", f"{run_dir}/dit.safetensors", "--store", f"{run_dir}/store.h5",
+                "--backbone", json.dumps(backbone_spec), "--data-root", world,
+                "--sets", _sets("shapes", "base"), "--params", json.dumps(EVAL),
+                "--out", str(out)) == 0
+    memo = json.loads(out.read_text())["evaluations"][0]["memorisation"]
+    assert memo["n"] == 4 * 3 and memo["store_nearest_neighbour"] > 0 and memo["ratio"] >= 0
+
+
 def test_evaluation_of_a_set_does_not_depend_on_the_sets_before_it(run_dir, world,
                                                                    backbone_spec):
     args = ["evaluate", "--mode", "diffusion", "--prompt", f"{run_dir}/prompt.safetensors",

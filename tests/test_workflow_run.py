@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import smoke_snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SMOKE = REPO / "config" / "smoke.yaml"
 ROWS = {"zero-shot CLIP", "CoOp", "CoOp + prompt diffusion", "MaPLe", "MaPLe + prompt diffusion"}
 
 pytestmark = pytest.mark.workflow
@@ -45,8 +41,8 @@ def test_metrics_are_full_precision_json(smoke):
     files = sorted((smoke / "runs").rglob("eval/*.json"))
     assert len(files) == 12  # (2 base-to-new runs + 1 source run) x 2 methods x 2 modes
     records = [m for f in files for m in json.loads(f.read_text())["evaluations"]]
-    # each run of each method: 2 base-to-new x (base, new) + source, 1 cross, 1 DG target
-    assert len(records) == (2 * 2 + 3) * 2 * 2
+    # each method: 2 base-to-new x (base, new) + source, 2 cross (icons, custom), 1 DG target
+    assert len(records) == (2 * 2 + 4) * 2 * 2
     for m in records:
         assert 0 <= m["accuracy"] <= 100 and m["total"] > 0
         assert m["accuracy"] == 100 * m["correct"] / m["total"]
@@ -57,6 +53,13 @@ def test_backbone_pretrained_by_the_dag_and_stores_written(smoke):
     assert metrics["steps"] == 20 and "zero_shot_clean" in metrics
     assert len(list((smoke / "runs").rglob("store.h5"))) == 6
     assert not list(smoke.rglob("*.partial"))
+
+
+def test_a_dataset_added_by_config_alone_runs_through(smoke):
+    """`custom` is a CoOp-layout dataset only the config knows: checked, evaluated, reported."""
+    assert json.loads((smoke / "data" / "check" / "custom.json").read_text())["ok"]
+    rows = _rows(smoke / "report" / "cross_dataset.csv")
+    assert all(0 <= float(r["custom"]) <= 100 for r in rows) and len(rows) == len(ROWS)
 
 
 def test_second_run_has_nothing_to_do(smoke):
