@@ -5,30 +5,20 @@
 Per-sample prompts of a textual method (CoOp here): P prompts x C classes. The plain path
 encodes P*C sequences (already truncated after the last end-of-text); the fast path encodes the
 [SOT] + context prefix once per prompt and only the class suffixes per (prompt, class). Checks
-that both give the same features and gradients, then prints the time of each and the ratio, for
-the forward pass and for a forward + backward (an overfitting step).
+that both give the same features and gradients, then prints the time of each (median of
+interleaved rounds) and the ratio, for the forward pass and for a forward + backward (an
+overfitting step).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
-import open_clip
 import torch
+from _common import interleaved, random_backbone, setup
 
-from pdiff.backbone import Backbone, register_model_configs
 from pdiff.data.synthetic import WorldSpec
 from pdiff.methods.text import ClassTexts
-from pdiff.utils import keep_freed_memory
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - t0) / repeats
 
 
 def main() -> None:
@@ -40,12 +30,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as the `pdiff` CLI does
-    register_model_configs()
-    torch.manual_seed(0)
-    model = open_clip.create_model(args.model, pretrained=None).eval().requires_grad_(False)
-    bb = Backbone(model, open_clip.get_tokenizer(args.model), {}, model.visual.image_size[0])
+    setup(args.threads)
+    bb = random_backbone(args.model)
     names = WorldSpec().classnames("shapes")[: args.classes]
     texts = ClassTexts(bb, names, args.n_ctx)
     ctx = torch.randn(args.prompts, args.n_ctx, bb.text_width) * 0.02
@@ -74,10 +60,10 @@ def main() -> None:
     for what, backward in (("forward", False), ("forward+backward", True)):
         ctx_mgr = torch.enable_grad if backward else torch.no_grad
         with ctx_mgr():
-            t_plain = timed(lambda b=backward: run(False, b), args.repeats)
-            t_fast = timed(lambda b=backward: run(True, b), args.repeats)
-        print(f"{what:17s} full sequences: {t_plain * 1e3:8.1f} ms   shared prefix: "
-              f"{t_fast * 1e3:8.1f} ms   speed-up {t_plain / t_fast:.1f}x")
+            t = interleaved({"plain": lambda b=backward: run(False, b),
+                             "fast": lambda b=backward: run(True, b)}, args.repeats)
+        print(f"{what:17s} full sequences: {t.median('plain') * 1e3:8.1f} ms   shared prefix: "
+              f"{t.median('fast') * 1e3:8.1f} ms   speed-up {t.ratio('plain', 'fast'):.1f}x")
 
 
 if __name__ == "__main__":
