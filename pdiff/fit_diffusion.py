@@ -17,6 +17,7 @@ from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
 from pdiff.diffusion import fit_diffusion, save_diffusion
 from pdiff.methods import Inputs
+from pdiff.resume import Resume, file_digest
 from pdiff.store import read_store
 from pdiff.utils import get_device, set_seed
 
@@ -38,9 +39,13 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
         logits = method.logits(Inputs(features=features), layout.unpack(tokens))
         return F.cross_entropy(logits, labels)
 
+    resume = Resume(out, {"params": params, "seed": seed, "backbone": backbone.identity,
+                          "prompt": file_digest(prompt), "store": file_digest(store)},
+                    "diffusion training")
     t0 = time.time()
     dm = fit_diffusion(data, params, seed=seed,
                        cls_loss=cls_loss if params.get("cls_weight", 0) > 0 else None,
-                       device=str(device))
+                       device=str(device), resume=resume)
     save_diffusion(out, dm)
+    resume.clear()
     log.info("prompt DiT trained on %d prompts in %.1fs", data.num_samples, time.time() - t0)

@@ -17,7 +17,6 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pdiff import __version__
@@ -28,7 +27,8 @@ from pdiff.backbone import (
     register_model_configs,
 )
 from pdiff.data.synthetic import FAMILIES, STYLES, CaptionSampler, WorldSpec, render_batch
-from pdiff.utils import atomic_path, set_seed, write_json
+from pdiff.resume import Resume
+from pdiff.utils import save_safetensors, set_seed, write_json
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,14 @@ def pretrain(params: dict, world: dict, model_name: str, out: Path, metrics_out:
                             lr=params["lr"], betas=(0.9, 0.98), eps=1e-6)
     sampler = CaptionSampler(spec, gen)
 
-    resume = out.with_name(out.name + ".resume")
+    resume = Resume(out, {"params": params, "world": world, "model": model_name}, "pretraining")
     start, history = 0, []
-    if resume.exists():
-        state = torch.load(resume, weights_only=True)
+    state = resume.load()
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
-        start, history = int(state["step"]), state["history"].tolist()
+        start, history = int(state["step"]), list(state["history"])
         log.info("resuming pretraining at step %d", start)
 
     t0 = time.time()
@@ -133,16 +133,13 @@ def pretrain(params: dict, world: dict, model_name: str, out: Path, metrics_out:
         history.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if (step + 1) % 200 == 0 or step + 1 == params["steps"]:
-            with atomic_path(resume) as tmp:
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                            "gen": gen.get_state(), "step": torch.tensor(step + 1),
-                            "history": torch.tensor(history)}, tmp)
+            resume.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                         "gen": gen.get_state(), "step": step + 1, "history": history})
             log.info("step %d/%d loss %.4f", step + 1, params["steps"], loss.item())
 
     zs = zero_shot_world(model, tokenizer, spec)
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"model": model_name, "pdiff": __version__})
+    save_safetensors(state, out, metadata={"model": model_name, "pdiff": __version__})
     metrics = {
         "model": model_name,
         "params": params,
@@ -155,7 +152,7 @@ def pretrain(params: dict, world: dict, model_name: str, out: Path, metrics_out:
         "pdiff_version": __version__,
     }
     write_json(metrics_out, metrics)
-    resume.unlink(missing_ok=True)
+    resume.clear()
     for k, v in zs.items():
         log.info("zero-shot %-18s %.1f%%", k, v)
     return metrics

@@ -28,6 +28,7 @@ from pdiff.data import (
 from pdiff.errors import PdiffError
 from pdiff.inputs import load_inputs
 from pdiff.methods import Inputs, PromptMethod, get_method
+from pdiff.resume import Resume, file_digest, rng_state, set_rng_state, tensor_digest
 from pdiff.utils import get_device, set_seed
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,28 @@ def accuracy(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, batch: 
 
 
 def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: dict,
-               gen: torch.Generator) -> list[float]:
-    """The training loop; returns the mean loss of every epoch."""
+               gen: torch.Generator, resume: Resume | None = None) -> list[float]:
+    """The training loop; returns the mean loss of every epoch.
+
+    With `resume`, the whole training state (learnable parameters, optimiser, RNGs, history and
+    the method's own aggregation state) is checkpointed after every epoch, and a run started
+    again continues after the last completed epoch with the same result.
+    """
     opt = make_optimizer(method.learnable_parameters(), cfg)
-    history = []
+    history: list[float] = []
+    start = 0
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        method.load_state_dict(state["method"])
+        method.load_training_state(state["extra"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        set_rng_state(state["rng"])
+        start, history = int(state["epoch"]), list(state["history"])
+        log.info("resuming %s training after epoch %d of %d", method.name, start, cfg["epochs"])
     n, bs = len(inputs), cfg["batch_size"]
-    for epoch in tqdm(range(cfg["epochs"]), desc=f"train {method.name}", mininterval=5):
+    for epoch in tqdm(range(start, cfg["epochs"]), desc=f"train {method.name}", initial=start,
+                      total=cfg["epochs"], mininterval=5):
         for group in opt.param_groups:
             group["lr"] = epoch_lr(epoch, cfg)
         order = torch.randperm(n, generator=gen)
@@ -84,6 +101,10 @@ def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: 
             total += loss.item() * len(idx)
         history.append(total / n)
         method.on_epoch_end(epoch, cfg["epochs"])
+        if resume is not None:
+            resume.save({"method": method.learnable_state(), "opt": opt.state_dict(),
+                         "gen": gen.get_state(), "rng": rng_state(), "epoch": epoch + 1,
+                         "history": history, "extra": method.training_state()})
     method.end_training()
     return history
 
@@ -101,8 +122,16 @@ def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, d
     method = get_method(method_name)(backbone, classnames, spec.template,
                                      {**params, "init_seed": seed})
     inputs, labels = load_inputs(data_root, spec, train_data, backbone, method.needs_images)
+    # The resume key: the config, the draw, and the training images themselves (through their
+    # frozen features: a regenerated or replaced dataset gives another key).
+    resume = Resume(out, {"method": method_name, "params": params,
+                          "backbone": backbone.identity, "dataset": dataset,
+                          "fewshot": file_digest(fewshot), "classes": classes, "seed": seed,
+                          "inputs": tensor_digest(inputs.features, labels)},
+                    f"{method_name} training")
     t0 = time.time()
-    history = fit_prompt(method, inputs, labels, params, gen) if len(method.prompt) else []
+    history = (fit_prompt(method, inputs, labels, params, gen, resume) if len(method.prompt)
+               else [])
     seconds = time.time() - t0
     train_acc = accuracy(method, inputs, labels)
     val_acc = None
@@ -112,8 +141,11 @@ def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, d
         val_acc = accuracy(method, val_inputs, val_labels)
     log.info("%s on %s/%s: train acc %.1f%%, val acc %s, %.1fs", method_name, spec.name,
              classes, train_acc, val_acc, seconds)
+    # No wall-clock time in the checkpoint: equal runs give byte-identical files (the time is
+    # in the log and in Snakemake's benchmark file).
     meta = {"dataset": spec.name, "classes": classes, "classnames": classnames, "seed": seed,
             "shots": draw["shots"], "history": history, "train_accuracy": train_acc,
-            "val_accuracy": val_acc, "seconds": seconds}
+            "val_accuracy": val_acc}
     save_prompt(Path(out), method, meta)
-    return meta
+    resume.clear()
+    return {**meta, "seconds": seconds}

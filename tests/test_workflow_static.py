@@ -1,5 +1,6 @@
 """The Snakemake workflow without the `pdiff` CLI: lint, format, dry-run plans, bad configs, and
-the params rerun triggers (on a run whose `pdiff` is a stub that writes placeholder outputs).
+the params and code rerun triggers (on a run whose `pdiff` is a stub that writes placeholder
+outputs, from a copy of the workflow and of pdiff's sources).
 
 Nothing here writes into the repository's results/: every plan and run uses --directory into a
 temporary folder (lint and snakefmt only read the repo).
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -48,13 +50,14 @@ def run(args, cwd=REPO, path=None) -> subprocess.CompletedProcess:
     )
 
 
-def snakemake(workdir: Path, *args, configfile: Path = DEMO, path=None):
-    """Snakemake on the repo's Snakefile with its working directory in `workdir`."""
+def snakemake(workdir: Path, *args, configfile: Path = DEMO, path=None, snakefile=None):
+    """Snakemake on the repo's Snakefile (or `snakefile`) with its working directory in
+    `workdir`."""
     return run(
         [
             SNAKEMAKE,
             "--snakefile",
-            REPO / "Snakefile",
+            snakefile or REPO / "Snakefile",
             "--directory",
             workdir,
             "--configfile",
@@ -426,7 +429,8 @@ def test_bad_config_rejected(tmp_path, key, value, expected):
 
 
 # ---------------------------------------------------------------------------------------------
-# Params rerun triggers, on a real run of the smoke DAG with a stub `pdiff`
+# Params and code rerun triggers, on a real run of the smoke DAG with a stub `pdiff`, from a
+# copy of the workflow and of pdiff's sources (so that a test can edit a stage module)
 # ---------------------------------------------------------------------------------------------
 
 STUB = '''\
@@ -481,24 +485,41 @@ else:
 '''
 
 
+def _copy_sources(dest: Path) -> Path:
+    """The Snakefile, workflow/, config/, envs/ and pdiff's *.py files copied to `dest`: the code
+    fingerprints of the copy's rules hash the copy, which a test may edit. Returns the Snakefile."""
+    dest.mkdir()
+    shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
+    for folder in ("workflow", "config", "envs"):
+        shutil.copytree(REPO / folder, dest / folder)
+
+    def not_source(folder, names):
+        return [n for n in names if not (Path(folder, n).is_dir() or n.endswith(".py"))
+                or n == "__pycache__"]
+
+    shutil.copytree(REPO / "pdiff", dest / "pdiff", ignore=not_source)
+    return dest / "Snakefile"
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """The smoke DAG run once with the stub CLI; returns (workdir, bin dir)."""
+    """The smoke DAG run once with the stub CLI; returns (workdir, bin dir, Snakefile)."""
     root = tmp_path_factory.mktemp("smoke_run")
     bindir = root / "bin"
     bindir.mkdir()
     stub = bindir / "pdiff"
     stub.write_text(STUB.format(python=sys.executable, repo=str(REPO)))
     stub.chmod(0o755)
+    snakefile = _copy_sources(root / "repo")
     workdir = root / "work"
     workdir.mkdir()
-    res = snakemake(workdir, "--cores", "2", configfile=SMOKE, path=bindir)
+    res = snakemake(workdir, "--cores", "2", configfile=SMOKE, path=bindir, snakefile=snakefile)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return workdir, bindir
+    return workdir, bindir, snakefile
 
 
 def _replan(smoke_run, tmp_path, change: dict) -> dict[str, int]:
-    workdir, bindir = smoke_run
+    workdir, bindir, snakefile = smoke_run
     cfg = load(SMOKE)
     for key, value in change.items():
         cfg = _set(cfg, key, value)
@@ -509,13 +530,14 @@ def _replan(smoke_run, tmp_path, change: dict) -> dict[str, int]:
         "rules",
         configfile=write_config(tmp_path, cfg),
         path=bindir,
+        snakefile=snakefile,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     return job_counts(res.stdout + res.stderr)
 
 
 def test_stub_run_writes_the_report(smoke_run):
-    workdir, _ = smoke_run
+    workdir, _, _ = smoke_run
     report = workdir / "results" / "smoke" / "report"
     for name in ["base2new.csv", "cross_dataset.md", "domain_generalization.csv", "summary.json"]:
         assert (report / name).is_file(), name
@@ -529,6 +551,7 @@ def test_stub_run_writes_the_report(smoke_run):
     [
         ({}, {}),
         ({"sampling.solver": "rk4"}, {"evaluate_diffusion": 6, "report": 1, "all": 1}),
+        ({"sampling.steps": 3}, {"evaluate_diffusion": 6, "report": 1, "all": 1}),
         (
             {"overfit.lr": 0.02},
             {"overfit": 6, "fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1},
@@ -580,6 +603,7 @@ def test_stub_run_writes_the_report(smoke_run):
     ids=[
         "unchanged",
         "solver",
+        "ode-steps",
         "overfit-lr",
         "cls-weight",
         "epochs",
@@ -590,3 +614,46 @@ def test_stub_run_writes_the_report(smoke_run):
 )
 def test_params_rerun_only_what_depends_on_them(smoke_run, tmp_path, change, expected):
     assert _replan(smoke_run, tmp_path, change) == expected
+
+
+AFTER_TRAIN = {
+    "train": 6,
+    "overfit": 6,
+    "fit_diffusion": 6,
+    "evaluate_baseline": 6,
+    "evaluate_diffusion": 6,
+    "report": 1,
+    "all": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        (
+            "pdiff/overfit.py",
+            {"overfit": 6, "fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1},
+        ),
+        ("pdiff/diffusion/sampler.py", {"evaluate_diffusion": 6, "report": 1, "all": 1}),
+        (
+            "pdiff/diffusion/dit.py",
+            {"fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1},
+        ),
+        ("pdiff/methods/maple.py", AFTER_TRAIN),  # methods/ is one unit: every train job
+        ("pdiff/train.py", AFTER_TRAIN),
+        ("pdiff/report.py", {"report": 1, "all": 1}),
+        ("pdiff/evaluate.py", {"evaluate_baseline": 6, "evaluate_diffusion": 6,
+                               "evaluate_zeroshot": 3, "report": 1, "all": 1}),
+        ("pdiff/utils.py", {}),  # shared plumbing, deliberately not fingerprinted
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_code_change_reruns_the_stage_and_what_follows(smoke_run, tmp_path, module, expected):
+    source = smoke_run[2].parent / module
+    original = source.read_bytes()
+    source.write_bytes(original + b"\n# an edit\n")
+    try:
+        assert _replan(smoke_run, tmp_path, {}) == expected
+    finally:
+        source.write_bytes(original)
+    assert _replan(smoke_run, tmp_path, {}) == {}  # the same code again: nothing to do

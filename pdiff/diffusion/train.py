@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor
 from tqdm import tqdm
 
@@ -36,12 +36,15 @@ from pdiff.diffusion.normalise import TargetNormaliser
 from pdiff.diffusion.objective import Objective, get_objective
 from pdiff.diffusion.sampler import sample
 from pdiff.errors import PdiffError
+from pdiff.resume import Resume, rng_state, set_rng_state
 from pdiff.store import PromptStore
-from pdiff.utils import atomic_path
+from pdiff.utils import save_safetensors
 
 log = logging.getLogger("pdiff.diffusion.train")
 
 FORMAT = "pdiff-diffusion/1"
+#: Steps between two resume checkpoints (when ``fit_diffusion`` is given a ``resume``).
+CHECKPOINT_EVERY = 200
 REQUIRED_PARAMS = (
     "objective", "target", "normalise", "depth", "width", "heads", "steps",
     "batch_size", "lr", "weight_decay", "ema", "cls_weight",
@@ -165,11 +168,17 @@ def fit_diffusion(
     seed: int,
     cls_loss: ClsLoss | None = None,
     device: str | torch.device = "cpu",
+    resume: Resume | None = None,
 ) -> DiffusionModel:
     """Train a :class:`PromptDiT` to generate the store's prompts from image features.
 
     Loss = diffusion loss + ``cls_weight * cls_loss(decode(x1_hat), labels, features)``
     (the second term only when ``cls_weight > 0`` and ``cls_loss`` is given).
+
+    With ``resume``, the training state (network, EMA, optimiser, schedule, RNGs, batch order,
+    step and history) is checkpointed every :data:`CHECKPOINT_EVERY` steps, and a run started
+    again continues from the last checkpoint with the same result. The caller removes the
+    resume file once the model is saved.
     """
     p = _resolve_params(params)
     device = torch.device(device)
@@ -220,8 +229,23 @@ def fit_diffusion(
     window: list[float] = []
     log_every = int(p["log_every"])
     ema = float(p["ema"])
+    start = 0
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema_model.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        set_rng_state(state["rng"])
+        batches.perm, batches.pos = state["perm"], int(state["pos"])
+        start, window = int(state["step"]), list(state["window"])
+        history = [(int(s), float(v)) for s, v in state["history"]]
+        log.info("resuming diffusion training at step %d of %d", start, steps)
+    every = int(CHECKPOINT_EVERY)
     model.train()
-    bar = tqdm(range(steps), desc="fit-diffusion", disable=not sys.stderr.isatty())
+    bar = tqdm(range(start, steps), desc="fit-diffusion", initial=start, total=steps,
+               disable=not sys.stderr.isatty())
     for step in bar:
         idx = batches.next().to(device)
         x1, cond = x_all[idx], feats[idx]
@@ -251,6 +275,13 @@ def fit_diffusion(
             history.append((step + 1, float(np.mean(window))))
             window = []
             bar.set_postfix(loss=f"{history[-1][1]:.4f}")
+        if resume is not None and (step + 1) % every == 0 and step + 1 < steps:
+            resume.save({
+                "model": model.state_dict(), "ema": ema_model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                "rng": rng_state(), "perm": batches.perm, "pos": batches.pos,
+                "step": step + 1, "window": window, "history": [list(h) for h in history],
+            })
     log.info("diffusion training done: final loss %.4f", history[-1][1])
     ema_model.eval()
     return DiffusionModel(ema_model, objective, normaliser, p, token_mask, history)
@@ -283,8 +314,7 @@ def save_diffusion(path: str | os.PathLike, dm: DiffusionModel) -> None:
         "normaliser": json.dumps({"target": norm["target"], "normalise": norm["normalise"]}),
         "history": json.dumps([[int(s), float(v)] for s, v in dm.history]),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    save_safetensors(tensors, path, metadata=metadata)  # canonical header: equal runs, equal bytes
     log.info("saved diffusion model to %s", path)
 
 

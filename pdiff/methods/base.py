@@ -80,6 +80,14 @@ class PromptMethod(nn.Module):
     def end_training(self) -> None:
         """Called once after the last epoch, before the prompt is saved."""
 
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """State kept across epochs besides the parameters (e.g. running averages), as tensors:
+        saved with every resume checkpoint of baseline training."""
+        return {}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`training_state` returned (when training resumes)."""
+
     # --- shared behaviour -------------------------------------------------------------------
     @property
     def layout(self) -> PromptLayout:

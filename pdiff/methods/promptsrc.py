@@ -91,6 +91,12 @@ class PromptSRC(PromptMethod):
         for k, v in self.prompt.items():
             self._gpa[k] = self._gpa.get(k, 0) + w * v.detach()
 
+    def training_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self._gpa.items()}
+
+    def load_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._gpa = {k: v.to(self.prompt[k].device) for k, v in state.items()}
+
     def end_training(self) -> None:
         with torch.no_grad():
             for k, v in self._gpa.items():

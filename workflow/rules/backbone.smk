@@ -23,6 +23,7 @@ if PRETRAIN:
             runtime=180,
             gpu=GPU,
         params:
+            code=code_fingerprint("pdiff/pretrain.py", "pdiff/data/synthetic.py"),
             pretrain=to_json(config["backbone"]["pretrain"]),
             world=to_json({k: config["world"][k] for k in PRETRAIN_WORLD_KEYS}),
         shell:

@@ -5,9 +5,11 @@
 # with sorted keys, so Snakemake's params rerun trigger reruns a job when, and only when, the config
 # it reads changes (e.g. the ODE solver touches evaluate_diffusion and report, nothing else).
 
+import hashlib
 import json
 import os
 import re
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -159,6 +161,55 @@ def backbone_json():
 
 def method_json(method):
     return to_json(config["method_params"][method])
+
+
+# ---------------------------------------------------------------------------------------------
+# Code fingerprints: editing a stage's module reruns that stage (and, through its updated output,
+# everything downstream), like a params change. Each rule that runs pdiff code passes
+# `code=code_fingerprint(...)` among its params, naming the modules that decide its *result*:
+#
+#   prepare            data/synthetic.py                 the world's rendering
+#   pretrain           pretrain.py, data/synthetic.py    the recipe and its caption/image draws
+#   check_data         check_data.py, data/coop.py, data/layouts.py
+#   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
+#   train              train.py, methods/                every host method's model and loss
+#   overfit            overfit.py, store.py
+#   fit_diffusion      fit_diffusion.py, diffusion/ except sampler.py (DiT, objective, normaliser,
+#                      trainer; the sampler is used only by evaluation)
+#   evaluate_baseline  evaluate.py
+#   evaluate_diffusion evaluate.py, diffusion/sampler.py
+#   evaluate_zeroshot  evaluate.py, methods/zeroshot.py
+#   report             report.py
+#
+# Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
+# resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, data/images.py,
+# data/templates.py). A change there would rerun the whole study (days on a cluster) for what is
+# almost always a refactor, and their behaviour is pinned by unit tests (e.g. prefix sharing and
+# the truncated text encoder are exact); after a change there that does alter results, force the
+# affected rules with `snakemake -R <rule>`. methods/ counts for train (which reruns everything
+# trained on top of it) and, for methods/zeroshot.py only, evaluate_zeroshot. fetch_weights has
+# no fingerprint: it only downloads weights. Only `*.py` files count; paths are relative to the
+# repository root (the Snakefile's folder); folders are hashed recursively in sorted order.
+# ---------------------------------------------------------------------------------------------
+
+
+def code_fingerprint(*paths):
+    """sha256 over the given source files and folders (their *.py files, recursively)."""
+    root = Path(workflow.basedir)
+    files = []
+    for rel in paths:
+        path = root / rel
+        if path.is_dir():
+            files += sorted(path.rglob("*.py"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise WorkflowError(f"code_fingerprint: {path} does not exist")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def data_root(wildcards):

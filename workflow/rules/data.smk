@@ -11,14 +11,15 @@ if SYNTHETIC:
             f"{RESULTS}/logs/prepare/world.log",
         benchmark:
             f"{RESULTS}/benchmarks/prepare/world.tsv"
+        localrule: True
         conda:
             "../../envs/pdiff.yaml"
-        localrule: True
         threads: 2
         resources:
             mem_mb=2000,
             runtime=30,
         params:
+            code=code_fingerprint("pdiff/data/synthetic.py"),
             world=to_json(config["world"]),
             data_root=data_root,
         shell:
@@ -43,6 +44,9 @@ rule check_data:
         mem_mb=1000,
         runtime=10,
     params:
+        code=code_fingerprint(
+            "pdiff/check_data.py", "pdiff/data/coop.py", "pdiff/data/layouts.py"
+        ),
         datasets=lambda wildcards: f"[{dataset_json(wildcards.dataset)}]",
         data_root=data_root,
     shell:
@@ -59,14 +63,17 @@ rule fewshot:
         f"{RESULTS}/logs/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.tsv"
+    localrule: True
     conda:
         "../../envs/pdiff.yaml"
-    localrule: True
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
     params:
+        code=code_fingerprint(
+            "pdiff/data/fewshot.py", "pdiff/data/coop.py", "pdiff/data/layouts.py"
+        ),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
         data_root=data_root,
     shell:

@@ -21,6 +21,14 @@ rule fit_diffusion:
         runtime=120,
         gpu=GPU,
     params:
+        code=code_fingerprint(
+            "pdiff/fit_diffusion.py",
+            "pdiff/diffusion/__init__.py",
+            "pdiff/diffusion/dit.py",
+            "pdiff/diffusion/normalise.py",
+            "pdiff/diffusion/objective.py",
+            "pdiff/diffusion/train.py",
+        ),
         diffusion=to_json(config["diffusion"]),
         backbone=backbone_json(),
     shell:

@@ -26,6 +26,7 @@ rule evaluate_baseline:
         runtime=30,
         gpu=GPU,
     params:
+        code=code_fingerprint("pdiff/evaluate.py"),
         evaluation=to_json({"evaluation": config["evaluation"]}),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(
@@ -61,6 +62,7 @@ rule evaluate_diffusion:
         runtime=60,
         gpu=GPU,
     params:
+        code=code_fingerprint("pdiff/evaluate.py", "pdiff/diffusion/sampler.py"),
         evaluation=to_json(
             {"evaluation": config["evaluation"], "sampling": config["sampling"]}
         ),
@@ -94,6 +96,7 @@ rule evaluate_zeroshot:
         runtime=30,
         gpu=GPU,
     params:
+        code=code_fingerprint("pdiff/evaluate.py", "pdiff/methods/zeroshot.py"),
         evaluation=to_json({"evaluation": config["evaluation"]}),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(zeroshot_sets(wildcards.dataset)),

@@ -22,6 +22,7 @@ rule overfit:
         runtime=120,
         gpu=GPU,
     params:
+        code=code_fingerprint("pdiff/overfit.py", "pdiff/store.py"),
         overfit=to_json(config["overfit"]),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),

@@ -11,14 +11,15 @@ rule report:
         f"{RESULTS}/logs/report/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/report.tsv"
+    localrule: True
     conda:
         "../../envs/pdiff.yaml"
-    localrule: True
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     params:
+        code=code_fingerprint("pdiff/report.py"),
         report=to_json(
             {
                 "protocols": config["protocols"],
