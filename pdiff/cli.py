@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json_arg, required=True, help="the `diffusion` config")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--diagnostics", help="also write generated-vs-true delta diagnostics (JSON)")
     _common(p)
 
     p = sub.add_parser("evaluate", help="evaluate zero-shot, baseline or prompt diffusion")
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt")
     p.add_argument("--dit")
     p.add_argument("--store", help="the run's prompt store: adds the memorisation check")
+    p.add_argument("--variant", type=_json_arg,
+                   help="ablation setting names {overfit, diffusion, sampling}, kept in records")
     p.add_argument("--backbone", type=_json_arg, required=True)
     p.add_argument("--data-root", required=True, help="folder holding the datasets")
     p.add_argument("--sets", type=_sets_arg, required=True,
@@ -150,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tables and figures from evaluation JSON files")
     p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--diagnostics", nargs="*", default=[],
+                   help="DiT diagnostics files (fit-diffusion --diagnostics)")
     p.add_argument("--params", type=_json_arg, required=True)
     p.add_argument("--out-dir", required=True)
     _common(p)
@@ -199,16 +204,19 @@ def run(args: argparse.Namespace) -> None:
     elif cmd == "fit-diffusion":
         from pdiff.fit_diffusion import fit_stage
 
-        fit_stage(args.prompt, args.store, args.backbone, args.params, args.seed, args.out)
+        fit_stage(args.prompt, args.store, args.backbone, args.params, args.seed, args.out,
+                  args.diagnostics)
     elif cmd == "evaluate":
         from pdiff.evaluate import evaluate
 
         evaluate(args.mode, args.backbone, args.data_root, args.sets, args.params, args.seed,
-                 args.out, prompt=args.prompt, dit=args.dit, store=args.store)
+                 args.out, prompt=args.prompt, dit=args.dit, store=args.store,
+                 variant=args.variant)
     elif cmd == "report":
         from pdiff.report import make_report
 
-        make_report([Path(p) for p in args.inputs], args.params, Path(args.out_dir))
+        make_report([Path(p) for p in args.inputs], args.params, Path(args.out_dir),
+                    [Path(p) for p in args.diagnostics])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def predict(method: PromptMethod, inputs: Inputs, batch_size: int, generate=None
 
 def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
              seed: int, out: str, prompt: str | None = None, dit: str | None = None,
-             store: str | None = None) -> list[dict]:
+             store: str | None = None, variant: dict | None = None) -> list[dict]:
     """Evaluate one prompt (or zero-shot CLIP) on every (dataset, split) of `sets`.
 
     One job per trained run loads the backbone, the prompt and the DiT once; each set still gets
@@ -85,6 +85,8 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
         stored = torch.from_numpy(_subsample(st.prompts, seed))
     records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s["dataset"],
                              s["split"], params, seed, stored) for s in sets]
+    if variant:  # the settings of an ablation (overfit, diffusion, sampling variant names)
+        records = [{**r, "variant": variant} for r in records]
     write_json(out, {"evaluations": records})
     return records
 

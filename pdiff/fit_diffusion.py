@@ -2,30 +2,67 @@
 
 The glue between a host method and the method-agnostic diffusion package: it checks that the
 store belongs to this prompt and backbone, and hands the optional classification term (through
-the model's clean-prompt estimate) to the trainer as a plain callable.
+the model's clean-prompt estimate) to the trainer as a plain callable. With `holdout` > 0 a
+seeded fraction of the store stays out of training, and the diagnostics file records how well
+the prompts generated for those unseen images follow their true overfitted deltas.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
+from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
 from pdiff.methods import Inputs
 from pdiff.resume import Resume, file_digest
-from pdiff.store import read_store
-from pdiff.utils import get_device, set_seed
+from pdiff.store import PromptStore, read_store
+from pdiff.utils import get_device, set_seed, write_json
 
 log = logging.getLogger(__name__)
 
 
-def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str
-              ) -> None:
+DIAGNOSTIC_SAMPLING = {"solver": "euler", "steps": 5, "start": "zero"}
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, held-out) row indices; at least one of each when fraction > 0."""
+    k = min(n - 1, max(1, round(n * fraction))) if fraction > 0 and n > 1 else 0
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def subset(store: PromptStore, rows: np.ndarray) -> PromptStore:
+    return replace(store, prompts=store.prompts[rows], features=store.features[rows],
+                   labels=store.labels[rows], sample_ids=[store.sample_ids[i] for i in rows],
+                   loss_before=store.loss_before[rows], loss_after=store.loss_after[rows],
+                   done=store.done[rows])
+
+
+def diagnostics(dm, store: PromptStore, train: np.ndarray, held: np.ndarray) -> dict:
+    """Generated vs true deltas on held-out rows, and on as many training rows for contrast."""
+    init = torch.from_numpy(store.init_prompt)
+    mask = (torch.from_numpy(store.token_mask) if store.token_mask is not None
+            else torch.ones_like(init, dtype=torch.bool))
+    out = {"sampling": DIAGNOSTIC_SAMPLING, "stored": int(store.num_samples)}
+    for name, rows in (("held_out", held), ("train", train[: max(len(held), 1)])):
+        if len(rows):
+            with torch.no_grad():
+                gen, _ = dm.generate(store.features[rows], **DIAGNOSTIC_SAMPLING)
+            out[name] = delta_agreement(gen.cpu(), torch.from_numpy(store.prompts[rows]), init,
+                                        mask)
+    return out
+
+
+def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str,
+              diagnostics_out: str | None = None) -> None:
     set_seed(seed)
     device = get_device()
     backbone = load_backbone(backbone_spec, device)
@@ -42,10 +79,16 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
     resume = Resume(out, {"params": params, "seed": seed, "backbone": backbone.identity,
                           "prompt": file_digest(prompt), "store": file_digest(store)},
                     "diffusion training")
+    train, held = split_holdout(data.num_samples, float(params.get("holdout", 0.0)), seed)
     t0 = time.time()
-    dm = fit_diffusion(data, params, seed=seed,
+    dm = fit_diffusion(subset(data, train) if len(held) else data, params, seed=seed,
                        cls_loss=cls_loss if params.get("cls_weight", 0) > 0 else None,
                        device=str(device), resume=resume)
+    if diagnostics_out:
+        report = {"method": method.name, "seed": seed, "held_out_rows": len(held),
+                  **diagnostics(dm, data, train, held)}
+        write_json(diagnostics_out, report)
     save_diffusion(out, dm)
     resume.clear()
-    log.info("prompt DiT trained on %d prompts in %.1fs", data.num_samples, time.time() - t0)
+    log.info("prompt DiT trained on %d of %d prompts in %.1fs", len(train), data.num_samples,
+             time.time() - t0)

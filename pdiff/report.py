@@ -610,7 +610,8 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def make_report(inputs: list[Path], params: dict, out_dir: Path) -> None:
+def make_report(inputs: list[Path], params: dict, out_dir: Path,
+                diagnostics: list[Path] | None = None) -> None:
     """Write the protocol tables, figures and summary.json under `out_dir`.
 
     `params` = {"protocols": config.protocols, "methods": config.methods, "seeds": config.seeds,
@@ -639,12 +640,18 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path) -> None:
             tables[protocol] = _transfer(rows, seeds, spec["source"], list(spec["targets"]), acc)
     acc.raise_missing()
     used = set(acc.used)
-    if any(k[-1] != DEFAULT for k in index):  # prompt diffusion evaluated in other settings
-        from pdiff.ablation import ablation_rows, write_ablation  # (it builds on this module)
+    from pdiff import ablation  # the diagnosis and ablation tables (built on this module)
 
-        ablation = ablation_rows(index, protocols, methods, seeds)
-        write_ablation(out_dir, ablation)
-        summary["ablation"] = ablation
+    if any(m != "zeroshot" for m in methods):
+        diag = ablation.diagnosis_rows(index, ablation.load_diagnostics(diagnostics or []),
+                                       methods)
+        ablation.write_diagnosis(out_dir, diag)
+        summary["diagnosis"] = diag
+    if any(k[-1] != DEFAULT for k in index):  # prompt diffusion evaluated in other settings
+
+        settings = ablation.ablation_rows(index, protocols, methods, seeds)
+        ablation.write_ablation(out_dir, settings)
+        summary["ablation"] = settings
         used |= {k for k in index if k[-1] != DEFAULT}
     unused = len(index) - len(used)
     if unused:

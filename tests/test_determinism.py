@@ -62,7 +62,7 @@ def test_every_metrics_json_is_identical(smoke, second):
 @workflow
 def test_report_tables_are_identical(smoke, second):
     tables = _files(smoke / "report", "*.csv") + _files(smoke / "report", "*.md")
-    assert len(tables) == 6
+    assert len(tables) == 8  # 3 protocols + diagnosis, CSV and Markdown each
     for rel in tables:
         assert (smoke / "report" / rel).read_text() == (second / "report" / rel).read_text(), rel
 

@@ -124,6 +124,8 @@ def test_writes_every_output(report):
         "cross_dataset.md",
         "domain_generalization.csv",
         "domain_generalization.md",
+        "diagnosis.csv",
+        "diagnosis.md",
         "summary.json",
     ]:
         assert (report / name).is_file(), name
@@ -298,3 +300,24 @@ def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     assert float(rows[("diffusion", "sampling: steps=1")]["base"]) == pytest.approx(default - 10)
     assert (out / "figures" / "ode_steps.png").read_bytes().startswith(PNG_MAGIC)
     assert "sampling: steps=1" in (out / "ablation.md").read_text()
+
+
+def test_diagnosis_table_from_dit_diagnostics(tmp_path):
+    diags = []
+    for s, cos in ((1, 0.2), (2, 0.4)):
+        path = tmp_path / f"dit_{s}.json"
+        agreement = {"cosine_mean": cos, "correlation_mean": cos / 2, "norm_ratio": 0.5, "n": 8}
+        path.write_text(json.dumps({"method": "coop", "seed": s, "held_out": agreement,
+                                    "train": {**agreement, "cosine_mean": 0.9}}))
+        diags.append(path)
+    out = tmp_path / "report"
+    make_report(_write_inputs(tmp_path), PARAMS, out, diags)
+    (row,) = list(csv.DictReader((out / "diagnosis.csv").open()))
+    assert float(row["held_out_cosine"]) == pytest.approx(0.3)
+    assert float(row["held_out_cosine_se"]) == pytest.approx(0.1)
+    assert float(row["train_cosine"]) == pytest.approx(0.9) and row["runs"] == "2"
+    assert float(row["ece_baseline"]) == pytest.approx(0.05)
+    assert "Held-out cosine" in (out / "diagnosis.md").read_text()
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(PdiffError, match="bad.json"):
+        make_report(_write_inputs(tmp_path), PARAMS, out, [tmp_path / "bad.json"])

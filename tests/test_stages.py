@@ -18,7 +18,7 @@ COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_s
 OVERFIT = {"steps": 2, "lr": 0.01, "batch_size": 4}
 DIFFUSION = {"objective": "flow", "target": "residual", "normalise": "scalar", "depth": 1,
              "width": 32, "heads": 2, "steps": 10, "batch_size": 8, "lr": 0.001,
-             "weight_decay": 0.0, "ema": 0.99, "cls_weight": 0.5}
+             "weight_decay": 0.0, "ema": 0.99, "cls_weight": 0.5, "holdout": 0.25}
 EVAL = {"evaluation": {"batch_size": 64},
         "sampling": {"solver": "euler", "steps": 3, "start": "zero", "draws": 2}}
 
@@ -42,7 +42,8 @@ def run_dir(tmp_path_factory, world, backbone_spec):
                 "--out", f"{d}/store.h5") == 0
     assert _run("fit-diffusion", "--prompt", f"{d}/prompt.safetensors", "--store",
                 f"{d}/store.h5", "--backbone", bb, "--params", json.dumps(DIFFUSION),
-                "--seed", "1", "--out", f"{d}/dit.safetensors") == 0
+                "--seed", "1", "--out", f"{d}/dit.safetensors", "--diagnostics",
+                f"{d}/dit.json") == 0
     return d
 
 
@@ -89,6 +90,14 @@ def test_diffusion_evaluation_checks_memorisation_against_the_store(run_dir, wor
                 "--out", str(out)) == 0
     memo = json.loads(out.read_text())["evaluations"][0]["memorisation"]
     assert memo["n"] == 4 * 3 and memo["store_nearest_neighbour"] > 0 and memo["ratio"] >= 0
+
+
+def test_dit_diagnostics_on_held_out_store_rows(run_dir):
+    diag = json.loads((run_dir / "dit.json").read_text())
+    assert diag["method"] == "coop" and diag["stored"] == 8 and diag["held_out_rows"] == 2
+    for part in ("held_out", "train"):
+        assert diag[part]["n"] == 2 and -1 <= diag[part]["cosine_mean"] <= 1
+        assert diag[part]["norm_ratio"] > 0
 
 
 def test_evaluation_of_a_set_does_not_depend_on_the_sets_before_it(run_dir, world,

@@ -38,7 +38,7 @@ def test_report_has_every_row_in_every_protocol(smoke):
 
 
 def test_metrics_are_full_precision_json(smoke):
-    files = sorted((smoke / "runs").rglob("eval/*.json"))
+    files = sorted((smoke / "runs").glob("*/*/*/*/eval/**/*.json"))
     assert len(files) == 12  # (2 base-to-new runs + 1 source run) x 2 methods x 2 modes
     records = [m for f in files for m in json.loads(f.read_text())["evaluations"]]
     # each method: 2 base-to-new x (base, new) + source, 2 cross (icons, custom), 1 DG target

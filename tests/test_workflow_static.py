@@ -9,6 +9,7 @@ temporary folder (lint and snakefmt only read the repo).
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import re
@@ -472,14 +473,22 @@ elif sub == "evaluate":
         accuracy=50.0, correct=50, total=100, ece=0.1, seconds=0.1, images_per_second=1000.0,
         nfe=1, sampling=json.loads(opts["params"][0]).get("sampling"),
     )
+    if "variant" in opts:
+        rec["variant"] = json.loads(opts["variant"][0])
     records = [dict(rec, target=s["dataset"]["name"], split=s["split"])
                for s in json.loads(opts["sets"][0])]
     put(opts["out"][0], json.dumps({{"evaluations": records}}))
+elif sub == "fit-diffusion":
+    put(opts["out"][0])
+    d, m, classes, seed = Path(opts["prompt"][0]).parts[-5:-1]
+    agreement = dict(cosine_mean=0.5, correlation_mean=0.5, norm_ratio=1.0, n=1)
+    put(opts["diagnostics"][0], json.dumps(dict(method=m, seed=int(seed[4:]),
+                                                held_out=agreement, train=agreement)))
 elif sub == "report":
     from pdiff.report import make_report
 
     make_report([Path(p) for p in opts["inputs"]], json.loads(opts["params"][0]),
-                Path(opts["out-dir"][0]))
+                Path(opts["out-dir"][0]), [Path(p) for p in opts.get("diagnostics", [])])
 else:
     put(opts["out"][0])
 '''
@@ -657,3 +666,71 @@ def test_code_change_reruns_the_stage_and_what_follows(smoke_run, tmp_path, modu
     finally:
         source.write_bytes(original)
     assert _replan(smoke_run, tmp_path, {}) == {}  # the same code again: nothing to do
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations: every setting its own targets, everything upstream of its stage reused
+# ---------------------------------------------------------------------------------------------
+
+ABLATION = {"overfit": [{"steps": 3}], "diffusion": [{"objective": "vp"}],
+            "sampling": [{"steps": 2}]}
+
+
+def _ablation_config(tmp_path: Path, ablation: dict, name: str) -> Path:
+    cfg = load(SMOKE)
+    cfg["ablation"] = ablation
+    return write_config(tmp_path, cfg, name)
+
+
+@pytest.fixture(scope="module")
+def ablation_run(smoke_run, tmp_path_factory):
+    """The smoke DAG with one setting per stage, run with the stub CLI."""
+    _, bindir, snakefile = smoke_run
+    root = tmp_path_factory.mktemp("ablation_run")
+    workdir = root / "work"
+    workdir.mkdir()
+    config = _ablation_config(root, ABLATION, "ablation.yaml")
+    res = snakemake(workdir, "--cores", "2", configfile=config, path=bindir, snakefile=snakefile)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return workdir, bindir, snakefile, res.stdout + res.stderr
+
+
+def test_ablation_settings_become_targets_and_reach_the_report(ablation_run):
+    workdir, _, _, log = ablation_run
+    counts = job_counts(log)
+    b2n_runs = 2 * 2  # 2 base-to-new datasets x 2 methods (the source run: defaults only)
+    assert counts["overfit"] == 6 + b2n_runs  # one extra store per run for overfit steps=3
+    assert counts["fit_diffusion"] == 6 + 2 * b2n_runs  # its DiT, plus objective=vp
+    assert counts["evaluate_diffusion"] == 6 + 3 * b2n_runs
+    report = workdir / "results" / "smoke" / "report"
+    rows = list(csv.DictReader((report / "ablation.csv").open()))
+    assert {r["setting"] for r in rows} == {
+        "–", "default", "overfit: steps=3", "diffusion: objective=vp", "sampling: steps=2"}
+    assert (report / "figures" / "ode_steps.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("stage", "entry", "expected"),
+    [
+        ("sampling", {"solver": "rk4"}, {"evaluate_diffusion": 4, "report": 1, "all": 1}),
+        ("diffusion", {"depth": 2}, {"fit_diffusion": 4, "evaluate_diffusion": 4, "report": 1,
+                                     "all": 1}),
+        ("overfit", {"lr": 0.02}, {"overfit": 4, "fit_diffusion": 4, "evaluate_diffusion": 4,
+                                   "report": 1, "all": 1}),
+    ],
+)
+def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path, stage, entry,
+                                                         expected):
+    workdir, bindir, snakefile, _ = ablation_run
+    more = {**ABLATION, stage: [*ABLATION[stage], entry]}
+    res = snakemake(workdir, "-n", "--quiet", "rules", path=bindir, snakefile=snakefile,
+                    configfile=_ablation_config(tmp_path, more, "more.yaml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert job_counts(res.stdout + res.stderr) == expected
+
+
+def test_bad_ablation_entry_names_the_key(tmp_path):
+    cfg = _ablation_config(tmp_path, {"sampling": [{"stepz": 2}]}, "bad.yaml")
+    res = snakemake(tmp_path, "-n", configfile=cfg)
+    assert res.returncode != 0 and "ablation.sampling" in res.stdout + res.stderr
+    assert "stepz" in res.stdout + res.stderr

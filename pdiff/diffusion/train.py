@@ -56,6 +56,7 @@ OPTIONAL_PARAMS: dict[str, Any] = {
     "grad_clip": 1.0,
     "prediction": "v",  # vp objective only: "v" or "eps"
     "log_every": None,  # history resolution; None: about 100 points per run
+    "holdout": 0.0,  # fraction of the store kept out of training (read by the fit stage)
 }
 
 #: ``cls_loss(prompts [B,T,D], labels [B], features [B,F]) -> scalar``.

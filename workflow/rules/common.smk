@@ -11,8 +11,16 @@ import os
 import re
 from pathlib import Path
 
+import yaml
+
 from snakemake.exceptions import WorkflowError
-from snakemake.logging import logger
+from snakemake.utils import validate
+
+
+def yaml_safe_load(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
 
 # ---------------------------------------------------------------------------------------------
 # Cross-key checks (the JSON schema validated the shape of every key already)
@@ -123,6 +131,72 @@ WEIGHTS_FILE = (
 )
 BACKBONE_CKPT = f"{RESULTS}/backbone/{MODEL}.safetensors"
 RUN = "{dataset}/{method}/{classes}/seed{seed}"
+STORE = f"{RESULTS}/runs/{RUN}/{{ov}}/store.h5"
+DIT = f"{RESULTS}/runs/{RUN}/{{ov}}/{{dv}}/dit.safetensors"
+
+# ---------------------------------------------------------------------------------------------
+# Settings of prompt diffusion (the `ablation` key): each override of one stage's section is a
+# named variant (e.g. `steps=10`); "default" is the section as configured. A store depends on
+# the overfit variant, a DiT on the overfit and diffusion variants, a diffusion evaluation on
+# all three, so a new variant reuses everything upstream of its stage. Variants are compared
+# one stage at a time around the defaults.
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT = "default"
+STAGES = ("overfit", "diffusion", "sampling")
+
+
+def variant_name(override):
+    return ",".join(f"{k}={override[k]}" for k in sorted(override))
+
+
+VARIANTS = {
+    stage: {
+        DEFAULT: {},
+        **{variant_name(o): o for o in config.get("ablation", {}).get(stage, [])},
+    }
+    for stage in STAGES
+}
+
+
+def stage_config(stage, variant):
+    """The `stage` section with `variant`'s override applied."""
+    return {**config[stage], **VARIANTS[stage][variant]}
+
+
+def check_variants():
+    for stage in STAGES:
+        for name, override in VARIANTS[stage].items():
+            unknown = set(override) - set(config[stage]) - STAGE_KEYS[stage]
+            if unknown:
+                raise WorkflowError(
+                    f"config: ablation.{stage} entry {override} sets unknown key(s) "
+                    f"{sorted(unknown)}; use keys of the `{stage}` section."
+                )
+            try:
+                validate({**config, stage: stage_config(stage, name)}, SCHEMA)
+            except WorkflowError as e:
+                raise WorkflowError(f"config: ablation.{stage} entry {override}: {e}")
+
+
+# The keys each section may hold (the schema's properties), for the check above.
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+STAGE_KEYS = {
+    stage: set(props)
+    for stage, props in (
+        (s, yaml_safe_load(SCHEMA)["properties"][s]["properties"]) for s in STAGES
+    )
+}
+check_variants()
+
+# (overfit, diffusion, sampling) variants whose diffusion evaluation the report shows: the
+# defaults, then each variant with the other two stages at their defaults.
+COMBOS = [(DEFAULT, DEFAULT, DEFAULT)] + [
+    tuple(name if s == stage else DEFAULT for s in STAGES)
+    for stage in STAGES
+    for name in VARIANTS[stage]
+    if name != DEFAULT
+]
 
 
 def alternation(names):
@@ -132,6 +206,9 @@ def alternation(names):
 
 
 wildcard_constraints:
+    ov=alternation(VARIANTS["overfit"]),
+    dv=alternation(VARIANTS["diffusion"]),
+    sv=alternation(VARIANTS["sampling"]),
     dataset=alternation(config["datasets"]),
     method=alternation(TRAINED_METHODS),
     classes="base|all",
@@ -295,8 +372,12 @@ def sets_input(sets):
     )
 
 
-def eval_path(dataset, method, classes, seed, mode):
-    return f"{run_dir(dataset, method, classes, seed)}/eval/{mode}.json"
+def eval_path(dataset, method, classes, seed, mode, combo=(DEFAULT,) * 3):
+    """eval/baseline.json, or eval/diffusion/<overfit>/<diffusion>/<sampling>.json."""
+    run = run_dir(dataset, method, classes, seed)
+    if mode == "baseline":
+        return f"{run}/eval/baseline.json"
+    return f"{run}/eval/diffusion/{'/'.join(combo)}.json"
 
 
 def zeroshot_path(dataset):
@@ -315,11 +396,27 @@ def report_inputs(wildcards=None):
     for m in TRAINED_METHODS:
         for s in SEEDS:
             for d, classes in runs:
-                paths += [
-                    eval_path(d, m, classes, s, mode)
-                    for mode in ("baseline", "diffusion")
-                ]
+                paths.append(eval_path(d, m, classes, s, "baseline"))
+                # ablations on the base-to-new runs (the transfer runs where there are none)
+                ablate = classes == "base" or "base2new" not in PROTOCOLS
+                combos = COMBOS if ablate else COMBOS[:1]
+                paths += [eval_path(d, m, classes, s, "diffusion", c) for c in combos]
     return paths
+
+
+def diagnostics_inputs(wildcards=None):
+    """The held-out diagnostics of every default DiT (one per trained run)."""
+    runs = []
+    if "base2new" in PROTOCOLS:
+        runs += [(d, "base") for d in PROTOCOLS["base2new"]["datasets"]]
+    if transfer_targets():
+        runs.append((transfer_targets()[0], "all"))
+    return [
+        f"{run_dir(d, m, classes, s)}/{DEFAULT}/{DEFAULT}/dit.json"
+        for m in TRAINED_METHODS
+        for s in SEEDS
+        for d, classes in runs
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +454,25 @@ def report_files():
             "../report/transfer_figure.rst",
             "Transfer",
         )
+    if COMBOS[1:]:
+        files["ablation_csv"] = (
+            f"{REPORT_DIR}/ablation.csv",
+            "../report/ablation.rst",
+            "Ablations",
+        )
+        files["ablation_md"] = (f"{REPORT_DIR}/ablation.md", None, "Ablations")
+        files["ode_steps_png"] = (
+            f"{REPORT_DIR}/figures/ode_steps.png",
+            "../report/ode_steps_figure.rst",
+            "Ablations",
+        )
+    if TRAINED_METHODS:
+        files["diagnosis_csv"] = (
+            f"{REPORT_DIR}/diagnosis.csv",
+            "../report/diagnosis.rst",
+            "Diagnosis",
+        )
+        files["diagnosis_md"] = (f"{REPORT_DIR}/diagnosis.md", None, "Diagnosis")
     files["summary"] = (f"{REPORT_DIR}/summary.json", None, "Summary")
     return files
 

@@ -6,13 +6,14 @@ rule fit_diffusion:
     input:
         unpack(backbone_input),
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        store=f"{RESULTS}/runs/{RUN}/store.h5",
+        store=STORE,
     output:
-        dit=f"{RESULTS}/runs/{RUN}/dit.safetensors",
+        dit=DIT,
+        diagnostics=DIT.replace(".safetensors", ".json"),
     log:
-        f"{RESULTS}/logs/fit_diffusion/{RUN}.log",
+        f"{RESULTS}/logs/fit_diffusion/{RUN}/{{ov}}/{{dv}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/fit_diffusion/{RUN}.tsv"
+        f"{RESULTS}/benchmarks/fit_diffusion/{RUN}/{{ov}}/{{dv}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
     threads: 1
@@ -29,9 +30,10 @@ rule fit_diffusion:
             "pdiff/diffusion/objective.py",
             "pdiff/diffusion/train.py",
         ),
-        diffusion=to_json(config["diffusion"]),
+        diffusion=lambda wildcards: to_json(stage_config("diffusion", wildcards.dv)),
         backbone=backbone_json(),
     shell:
         "pdiff fit-diffusion --prompt {input.prompt:q} --store {input.store:q}"
         " --backbone {params.backbone:q} --params {params.diffusion:q} --seed {wildcards.seed}"
-        " --out {output.dit:q} --threads {threads} > {log:q} 2>&1"
+        " --out {output.dit:q} --diagnostics {output.diagnostics:q}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -44,16 +44,17 @@ rule evaluate_diffusion:
     input:
         unpack(backbone_input),
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        dit=f"{RESULTS}/runs/{RUN}/dit.safetensors",
+        dit=DIT,
+        store=STORE,
         data=lambda wildcards: sets_input(
             eval_sets(wildcards.dataset, wildcards.classes)
         ),
     output:
-        f"{RESULTS}/runs/{RUN}/eval/diffusion.json",
+        f"{RESULTS}/runs/{RUN}/eval/diffusion/{{ov}}/{{dv}}/{{sv}}.json",
     log:
-        f"{RESULTS}/logs/evaluate_diffusion/{RUN}.log",
+        f"{RESULTS}/logs/evaluate_diffusion/{RUN}/{{ov}}/{{dv}}/{{sv}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_diffusion/{RUN}.tsv"
+        f"{RESULTS}/benchmarks/evaluate_diffusion/{RUN}/{{ov}}/{{dv}}/{{sv}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
     threads: 1
@@ -63,8 +64,18 @@ rule evaluate_diffusion:
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/evaluate.py", "pdiff/diffusion/sampler.py"),
-        evaluation=to_json(
-            {"evaluation": config["evaluation"], "sampling": config["sampling"]}
+        evaluation=lambda wildcards: to_json(
+            {
+                "evaluation": config["evaluation"],
+                "sampling": stage_config("sampling", wildcards.sv),
+            }
+        ),
+        variant=lambda wildcards: to_json(
+            {
+                "overfit": wildcards.ov,
+                "diffusion": wildcards.dv,
+                "sampling": wildcards.sv,
+            }
         ),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(
@@ -73,6 +84,7 @@ rule evaluate_diffusion:
         data_root=data_root,
     shell:
         "pdiff evaluate --mode diffusion --prompt {input.prompt:q} --dit {input.dit:q}"
+        " --store {input.store:q} --variant {params.variant:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
         " --sets {params.sets:q} --params {params.evaluation:q}"
         " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -9,11 +9,11 @@ rule overfit:
         fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
         data=lambda wildcards: dataset_input(wildcards.dataset),
     output:
-        store=f"{RESULTS}/runs/{RUN}/store.h5",
+        store=STORE,
     log:
-        f"{RESULTS}/logs/overfit/{RUN}.log",
+        f"{RESULTS}/logs/overfit/{RUN}/{{ov}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/overfit/{RUN}.tsv"
+        f"{RESULTS}/benchmarks/overfit/{RUN}/{{ov}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
     threads: 2
@@ -23,7 +23,7 @@ rule overfit:
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/overfit.py", "pdiff/store.py"),
-        overfit=to_json(config["overfit"]),
+        overfit=lambda wildcards: to_json(stage_config("overfit", wildcards.ov)),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
         data_root=data_root,

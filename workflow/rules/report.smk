@@ -1,10 +1,11 @@
 # The report: base-to-new, cross-dataset and domain-generalisation tables (CSV + Markdown), figures
-# and a full-precision summary.json, from the evaluation JSONs only.
+# and a full-precision summary.json, from the evaluation JSONs and the DiTs' diagnostics only.
 
 
 rule report:
     input:
-        report_inputs(),
+        evaluations=report_inputs(),
+        diagnostics=diagnostics_inputs(),
     output:
         **report_outputs(),
     log:
@@ -19,7 +20,7 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_fingerprint("pdiff/report.py"),
+        code=code_fingerprint("pdiff/report.py", "pdiff/ablation.py"),
         report=to_json(
             {
                 "protocols": config["protocols"],
@@ -30,5 +31,6 @@ rule report:
         ),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "pdiff report --inputs {input:q} --params {params.report:q}"
+        "pdiff report --inputs {input.evaluations:q}"
+        " --diagnostics {input.diagnostics:q} --params {params.report:q}"
         " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
