@@ -117,10 +117,14 @@ def smoke_snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
-    """The smoke DAG run for real, once per session: its results folder."""
-    workdir = tmp_path_factory.mktemp("smoke")
+def run_smoke(workdir: Path) -> Path:
+    """The smoke DAG run for real in `workdir`: its results folder."""
     res = smoke_snakemake(workdir, "--cores", "2")
     assert res.returncode == 0, res.stderr[-4000:]
     return workdir / "results" / "smoke"
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Path:
+    """The smoke DAG run once per session."""
+    return run_smoke(tmp_path_factory.mktemp("smoke"))

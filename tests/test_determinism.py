@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pdiff.store import read_store
-from tests.conftest import smoke_snakemake
+from tests.conftest import run_smoke
 
 workflow = pytest.mark.workflow
 
@@ -30,10 +30,7 @@ TIMING_KEYS = frozenset({"seconds", "images_per_second"})
 
 @pytest.fixture(scope="module")
 def second(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke_again")
-    res = smoke_snakemake(workdir, "--cores", "2")
-    assert res.returncode == 0, res.stderr[-4000:]
-    return workdir / "results" / "smoke"
+    return run_smoke(tmp_path_factory.mktemp("smoke_again"))
 
 
 def _files(root: Path, pattern: str) -> list[Path]:

@@ -12,29 +12,21 @@ import torch
 from torch import nn
 
 from pdiff.backbone import Backbone
-from pdiff.methods.base import Inputs, PromptMethod, Prompts, seeded_linear
-from pdiff.methods.text import ClassTexts, init_context, init_phrase
+from pdiff.methods.base import Inputs, Prompts, seeded_linear
+from pdiff.methods.text import ContextMethod
 
 
-class CoCoOp(PromptMethod):
+class CoCoOp(ContextMethod):
     name = "cocoop"
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
-        ctx = init_context(backbone, params)
-        self.n_ctx = ctx.shape[0]
         super().__init__(backbone, classnames, template, params)
-        self.prompt["ctx"] = nn.Parameter(ctx.to(backbone.device))
         e, w = backbone.embed_dim, backbone.text_width
         hidden = max(1, e // 16)
         gen = torch.Generator().manual_seed(int(params.get("init_seed", 0)))
         self.meta_net = nn.Sequential(
             seeded_linear(e, hidden, gen), nn.ReLU(), seeded_linear(hidden, w, gen)
         ).to(backbone.device)
-
-    def set_classnames(self, classnames: list[str]) -> None:
-        super().set_classnames(classnames)
-        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx,
-                                init_phrase(self.params))
 
     def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.condition(inputs)

@@ -13,20 +13,17 @@ import torch
 from torch import nn
 
 from pdiff.backbone import Backbone
-from pdiff.methods.base import Inputs, PromptMethod, Prompts, check_depth, seeded_linear
-from pdiff.methods.text import ClassTexts, init_context, init_phrase, random_tokens
+from pdiff.methods.base import Inputs, Prompts, check_depth, seeded_linear
+from pdiff.methods.text import ContextMethod, random_tokens
 
 
-class MaPLe(PromptMethod):
+class MaPLe(ContextMethod):
     name = "maple"
     needs_images = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
-        ctx = init_context(backbone, params)
-        self.n_ctx = ctx.shape[0]
         super().__init__(backbone, classnames, template, params)
         depth = check_depth(params, min(backbone.text_layers, backbone.vision_layers), self.name)
-        self.prompt["ctx"] = nn.Parameter(ctx.to(backbone.device))
         if depth > 1:
             shape = (depth - 1, self.n_ctx, backbone.text_width)
             self.prompt["text_deep"] = nn.Parameter(
@@ -35,10 +32,6 @@ class MaPLe(PromptMethod):
         self.coupling = nn.ModuleList(
             seeded_linear(backbone.text_width, backbone.vision_width, gen) for _ in range(depth)
         ).to(backbone.device)
-
-    def set_classnames(self, classnames: list[str]) -> None:
-        super().set_classnames(classnames)
-        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx, init_phrase(self.params))
 
     def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         deep = prompts.get("text_deep")

@@ -16,14 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdiff.backbone import Backbone
-from pdiff.methods.base import Inputs, PromptMethod, Prompts, check_depth, cosine
-from pdiff.methods.text import (
-    ClassTexts,
-    init_context,
-    init_phrase,
-    random_tokens,
-    template_features,
-)
+from pdiff.methods.base import Inputs, Prompts, check_depth, cosine
+from pdiff.methods.text import ContextMethod, random_tokens, template_features
 
 # CLIP's seven-template ImageNet ensemble; the dataset's own template is added to it.
 ENSEMBLE = [
@@ -37,17 +31,14 @@ ENSEMBLE = [
 ]
 
 
-class PromptSRC(PromptMethod):
+class PromptSRC(ContextMethod):
     name = "promptsrc"
     needs_images = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
-        ctx = init_context(backbone, params)
-        self.n_ctx = ctx.shape[0]
         super().__init__(backbone, classnames, template, params)
         depth = check_depth(params, min(backbone.text_layers, backbone.vision_layers), self.name)
         dev = backbone.device
-        self.prompt["ctx"] = nn.Parameter(ctx.to(dev))
         if depth > 1:
             shape = (depth - 1, self.n_ctx, backbone.text_width)
             self.prompt["text_deep"] = nn.Parameter(random_tokens(params, shape, 1).to(dev))
@@ -58,7 +49,6 @@ class PromptSRC(PromptMethod):
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx, init_phrase(self.params))
         frozen = template_features(self.backbone, classnames, [*ENSEMBLE, self.template])
         self.register_buffer("frozen_text", frozen, persistent=False)
 

@@ -14,6 +14,7 @@ from torch import nn
 from pdiff.backbone import Backbone
 from pdiff.data.templates import format_prompt
 from pdiff.errors import PdiffError
+from pdiff.methods.base import PromptMethod
 from pdiff.prefix_sharing import encode_shared_prefix, supports_prefix_sharing
 
 
@@ -94,3 +95,18 @@ def template_features(backbone: Backbone, classnames: list[str], templates: list
         backbone.encode_texts([format_prompt(t, c) for c in classnames]) for t in templates
     ])
     return F.normalize(feats.mean(0), dim=-1)
+
+
+class ContextMethod(PromptMethod):
+    """Base of the context-prompt family: the learned prompt holds `ctx` [M, W] and the class
+    texts are rebuilt around it for any class names. Subclasses add deep or shared parts."""
+
+    def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
+        ctx = init_context(backbone, params)
+        self.n_ctx = ctx.shape[0]
+        super().__init__(backbone, classnames, template, params)
+        self.prompt["ctx"] = nn.Parameter(ctx.to(backbone.device))
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        super().set_classnames(classnames)
+        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx, init_phrase(self.params))
