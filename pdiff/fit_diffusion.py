@@ -21,6 +21,7 @@ from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
 from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
+from pdiff.errors import PdiffError
 from pdiff.methods import Inputs
 from pdiff.resume import Resume, file_digest
 from pdiff.store import PromptStore, read_store
@@ -70,6 +71,13 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
     method.requires_grad_(False)
     data = read_store(store, expect_method=method.name, expect_backbone=backbone.identity)
     layout = method.layout
+
+    if params.get("cls_weight", 0) > 0 and method.needs_images:
+        raise PdiffError(
+            f"diffusion.cls_weight > 0 needs prompts that act on cached image features; "
+            f"{method.name} prompts the image encoder and the store holds no images; set "
+            "diffusion.cls_weight: 0 for it"
+        )
 
     def cls_loss(tokens: torch.Tensor, labels: torch.Tensor, features: torch.Tensor
                  ) -> torch.Tensor:
