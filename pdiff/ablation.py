@@ -125,6 +125,7 @@ def _ode_figure(path: Path, rows: list[dict], metric: str) -> None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_steps, ax_time = fig.subplots(1, 2)
+    solver = None
     for method in dict.fromkeys(r["method"] for r in rows):
         diff = [r for r in rows if r["method"] == method and r["mode"] == "diffusion"]
         default = next((r for r in diff if r["setting"] == DEFAULT), None)
@@ -144,7 +145,7 @@ def _ode_figure(path: Path, rows: list[dict], metric: str) -> None:
         ax_steps.axhline(base[metric], linestyle=":", linewidth=1,
                          color=ax_steps.lines[-1].get_color())
     title = "HM" if metric == "hm" else metric.replace("_", " ")
-    ax_steps.set(xscale="log", xlabel=f"ODE steps ({solver if rows else ''})", ylabel=title,
+    ax_steps.set(xscale="log", xlabel=f"ODE steps ({solver or 'default solver'})", ylabel=title,
                  title=f"{title} vs sampling steps (dotted: baseline)")
     ax_time.set(xlabel="ms per test image", ylabel=title, title=f"{title} vs cost, all settings")
     for ax in (ax_steps, ax_time):
