@@ -142,6 +142,12 @@ class Backbone:
     tokenizer: open_clip.tokenizer.SimpleTokenizer
     identity: dict
     image_size: int
+    amp: bool = False  # bf16 autocast of the frozen towers on CUDA (ignored on CPU)
+
+    def autocast(self):
+        """Mixed precision where it pays (CUDA, `amp: true`); a no-op elsewhere."""
+        return torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=self.amp and self.device.type == "cuda")
 
     @property
     def device(self) -> torch.device:
@@ -173,7 +179,9 @@ class Backbone:
         out = []
         for chunk in images.split(batch_size):
             x = self.preprocess(chunk.to(self.device))
-            out.append(F.normalize(self.model.encode_image(x), dim=-1))
+            with self.autocast():
+                feats = self.model.encode_image(x)
+            out.append(F.normalize(feats.float(), dim=-1))
         return torch.cat(out) if out else torch.empty(0, self.embed_dim)
 
     # --- text -------------------------------------------------------------------------------
@@ -330,6 +338,7 @@ def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:
         tokenizer=open_clip.get_tokenizer(model_name),
         identity=identity,
         image_size=model.visual.image_size[0],
+        amp=bool(spec.get("amp", False)),
     )
 
 

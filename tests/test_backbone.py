@@ -94,3 +94,14 @@ def test_shipped_checkpoint_matches_its_recipe_and_loads():
     bb = load_backbone({"model": "pdiff-tiny", "pretrained": "shipped"})
     assert bb.identity["sha256"] == recipe["sha256"]
     assert "pdiff pretrain" in recipe["command"]
+
+
+def test_mixed_precision_is_offered_and_a_no_op_on_cpu(backbone_spec):
+    """`backbone.amp: true` turns on bf16 autocast on CUDA only; on CPU features are unchanged."""
+    from pdiff.backbone import load_backbone
+
+    plain, amp = load_backbone(backbone_spec), load_backbone({**backbone_spec, "amp": True})
+    assert amp.amp and not plain.amp
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(amp.encode_images(images), plain.encode_images(images))
+    assert amp.identity == plain.identity  # the same weights: artifacts stay compatible

@@ -106,8 +106,10 @@ class PromptMethod(nn.Module):
 
     def logits(self, inputs: Inputs, prompts: Prompts | None = None) -> torch.Tensor:
         """Logits [B, C] for the current class names; `prompts` None means the learned prompt."""
-        image, text = self.features(inputs, self.learned_prompts() if prompts is None else prompts)
-        return self.backbone.logit_scale * cosine(image, text)
+        with self.backbone.autocast():
+            image, text = self.features(inputs,
+                                        self.learned_prompts() if prompts is None else prompts)
+        return self.backbone.logit_scale * cosine(image.float(), text.float())
 
     def condition(self, inputs: Inputs) -> torch.Tensor:
         """The frozen CLIP image feature that conditions prompt diffusion."""

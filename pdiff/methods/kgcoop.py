@@ -26,7 +26,9 @@ class KgCoOp(CoOp):
     def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
              ) -> torch.Tensor:
         prompts = self.learned_prompts() if prompts is None else prompts
-        image, text = self.features(inputs, prompts)
+        with self.backbone.autocast():
+            image, text = self.features(inputs, prompts)
+        image, text = image.float(), text.float()
         ce = F.cross_entropy(self.backbone.logit_scale * cosine(image, text), labels)
         kg = (1 - (text * self.anchor).sum(-1)).mean()
         return ce + float(self.params.get("kg_weight", 8.0)) * kg

@@ -233,7 +233,10 @@ def dataset_json(name):
 
 def backbone_json():
     pretrained = BACKBONE_CKPT if PRETRAIN else WEIGHTS_FILE or PRETRAINED
-    return to_json({"model": MODEL, "pretrained": pretrained})
+    spec = {"model": MODEL, "pretrained": pretrained}
+    if config["backbone"].get("amp"):  # only when on: default params stay as they were
+        spec["amp"] = True
+    return to_json(spec)
 
 
 def method_json(method):
