@@ -106,10 +106,16 @@ class PromptMethod(nn.Module):
 
     def logits(self, inputs: Inputs, prompts: Prompts | None = None) -> torch.Tensor:
         """Logits [B, C] for the current class names; `prompts` None means the learned prompt."""
+        image, text = self.encode(inputs, prompts)
+        return self.backbone.logit_scale * cosine(image, text)
+
+    def encode(self, inputs: Inputs, prompts: Prompts | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` under the backbone's mixed precision, returned in fp32."""
         with self.backbone.autocast():
             image, text = self.features(inputs,
                                         self.learned_prompts() if prompts is None else prompts)
-        return self.backbone.logit_scale * cosine(image.float(), text.float())
+        return image.float(), text.float()
 
     def condition(self, inputs: Inputs) -> torch.Tensor:
         """The frozen CLIP image feature that conditions prompt diffusion."""

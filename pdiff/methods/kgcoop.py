@@ -25,10 +25,7 @@ class KgCoOp(CoOp):
 
     def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
              ) -> torch.Tensor:
-        prompts = self.learned_prompts() if prompts is None else prompts
-        with self.backbone.autocast():
-            image, text = self.features(inputs, prompts)
-        image, text = image.float(), text.float()
+        image, text = self.encode(inputs, prompts)
         ce = F.cross_entropy(self.backbone.logit_scale * cosine(image, text), labels)
         kg = (1 - (text * self.anchor).sum(-1)).mean()
         return ce + float(self.params.get("kg_weight", 8.0)) * kg

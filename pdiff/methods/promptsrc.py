@@ -58,10 +58,7 @@ class PromptSRC(ContextMethod):
 
     def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
              ) -> torch.Tensor:
-        prompts = self.learned_prompts() if prompts is None else prompts
-        with self.backbone.autocast():
-            image, text = self.features(inputs, prompts)
-        image, text = image.float(), text.float()
+        image, text = self.encode(inputs, prompts)
         scale = self.backbone.logit_scale
         logits = scale * cosine(image, text)
         frozen_image = self.condition(inputs)
