@@ -16,6 +16,8 @@ configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+# A protocol set to null is switched off (overlays cannot delete keys of the config they extend).
+config["protocols"] = {k: v for k, v in config["protocols"].items() if v is not None}
 
 
 report: "workflow/report/workflow.rst"

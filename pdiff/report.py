@@ -324,6 +324,43 @@ def _base2new(rows, seeds, datasets, acc) -> list[dict]:
     return out
 
 
+#: What prompt diffusion aims to add to its host method's base-to-new HM (points).
+HM_TARGET = 3.0
+
+
+def _dataset_average(row: dict, seed: str) -> dict[str, float]:
+    """One seed's base and new accuracy of a base-to-new row, averaged over datasets."""
+    per_dataset = row["per_seed"][seed].values()
+    return {k: _mean([v[k] for v in per_dataset]) for k in ("base", "new")}
+
+
+def _gains(table: list[dict]) -> list[dict]:
+    """Prompt diffusion minus its host, per method: base, new and HM of the dataset averages,
+    with the standard error of the paired per-seed differences."""
+    rows = {(r["method"], r["mode"]): r for r in table}
+    out = []
+    for (method, mode), host in rows.items():
+        pd = rows.get((method, "diffusion"))
+        if mode != "baseline" or pd is None:
+            continue
+        seeds = [s for s in host["per_seed"] if s in pd["per_seed"]]
+        diffs: dict[str, list[float]] = {"base": [], "new": [], "hm": []}
+        for s in seeds:
+            h, p = _dataset_average(host, s), _dataset_average(pd, s)
+            for k in ("base", "new"):
+                diffs[k].append(p[k] - h[k])
+            hm = harmonic_mean(p["base"], p["new"]) - harmonic_mean(h["base"], h["new"])
+            diffs["hm"].append(hm)
+        gain = {"method": method, "label": METHOD_NAMES.get(method, method),
+                "n_seeds": len(seeds)}
+        for k in ("base", "new", "hm"):
+            gain[k] = pd["average"][k] - host["average"][k]
+            gain[f"{k}_se"] = _se(diffs[k])
+        gain["target_met"] = gain["hm"] >= HM_TARGET
+        out.append(gain)
+    return out
+
+
 def _row_header(row, row_seeds) -> dict:
     """The identifying fields every summary row starts with."""
     return {
@@ -429,6 +466,10 @@ def _signed(value: float) -> str:
     return f"{value:+.2f}"
 
 
+def _fmt_signed(value: float, se: float | None) -> str:
+    return _signed(value) + (f" ± {se:.2f}" if se is not None else "")
+
+
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     """A GitHub Markdown table; the first `left` columns left-aligned, the rest right-aligned."""
 
@@ -511,6 +552,27 @@ def _write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference
         text.append(
             "(published): the 11-dataset averages of the papers (CLIP ViT-B/16, 16 shots, 3 "
             "seeds); Δ = ours − published, for the row of the same method.\n"
+        )
+    gains = _gains(table)
+    if gains:
+        text.append("## Prompt diffusion against its host method\n")
+        text.append(
+            f"Prompt diffusion minus the same method without it (average over datasets); ± is the "
+            f"standard error of the per-seed differences. The project's target is at least "
+            f"+{HM_TARGET:g} HM.\n"
+        )
+        text.append(
+            md_table(
+                ["Method", "Δ Base", "Δ New", "Δ HM", f"HM ≥ host + {HM_TARGET:g}"],
+                [
+                    [
+                        g["label"],
+                        *(_fmt_signed(g[k], g[f"{k}_se"]) for k in ("base", "new", "hm")),
+                        "met" if g["target_met"] else "not met",
+                    ]
+                    for g in gains
+                ],
+            )
         )
     text.append("## Per dataset\n")
     text.append("HM per dataset from the seed-averaged base and new accuracy.\n")
@@ -660,7 +722,12 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     if "base2new" in tables:
         datasets = list(protocols["base2new"]["datasets"])
         _write_base2new(out_dir, tables["base2new"], datasets, seeds, reference)
-        summary["base2new"] = {"datasets": datasets, "rows": tables["base2new"]}
+        summary["base2new"] = {
+            "datasets": datasets,
+            "rows": tables["base2new"],
+            "diffusion_gain": _gains(tables["base2new"]),
+            "hm_target": HM_TARGET,
+        }
         labels = [r["label"] for r in tables["base2new"]]
         series = {
             name: (

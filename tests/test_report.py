@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pdiff.errors import PdiffError
-from pdiff.report import harmonic_mean, make_report, md_table
+from pdiff.report import _signed, harmonic_mean, make_report, md_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -170,6 +170,26 @@ def test_base2new_values(report):
     assert "| CoOp + prompt diffusion |" in md
     assert f"{base:.2f} ± {_se([70.0, 72.0]):.2f}" in md
     assert "(published)" not in md
+
+
+def test_diffusion_gain_over_host_is_paired_per_seed(report):
+    gain = json.loads((report / "summary.json").read_text())["base2new"]["diffusion_gain"]
+    assert len(gain) == 1 and gain[0]["method"] == "coop" and gain[0]["n_seeds"] == 2
+    # seed 1: host (70, 40) vs PD (64, 51); seed 2: host (72, 40) vs PD (66, 51)
+    host = [(70.0, 40.0), (72.0, 40.0)]
+    pd = [(64.0, 51.0), (66.0, 51.0)]
+    d_hm = [harmonic_mean(*p) - harmonic_mean(*h) for p, h in zip(pd, host, strict=True)]
+    assert gain[0]["base"] == pytest.approx(-6.0) and gain[0]["base_se"] == pytest.approx(0.0)
+    assert gain[0]["new"] == pytest.approx(11.0)
+    assert gain[0]["hm"] == pytest.approx(harmonic_mean(65.0, 51.0) - harmonic_mean(71.0, 40.0))
+    assert gain[0]["hm_se"] == pytest.approx(_se(d_hm))
+    assert gain[0]["target_met"] is (gain[0]["hm"] >= 3.0)
+    md = (report / "base2new.md").read_text()
+    assert "## Prompt diffusion against its host method" in md
+    verdict = "met" if gain[0]["target_met"] else "not met"
+    line = next(x for x in md.splitlines() if x.startswith("| CoOp | -6.00"))
+    assert line.startswith(f"| CoOp | -6.00 ± 0.00 | +11.00 ± 0.00 | {_signed(gain[0]['hm'])}")
+    assert line.endswith(f"| {verdict} |")
 
 
 def test_transfer_values(report):

@@ -51,9 +51,10 @@ def run(args, cwd=REPO, path=None) -> subprocess.CompletedProcess:
     )
 
 
-def snakemake(workdir: Path, *args, configfile: Path = DEMO, path=None, snakefile=None):
+def snakemake(workdir: Path, *args, configfile: Path | list[Path] = DEMO, path=None,
+              snakefile=None):
     """Snakemake on the repo's Snakefile (or `snakefile`) with its working directory in
-    `workdir`."""
+    `workdir`; several config files are merged in order, as Snakemake does with overlays."""
     return run(
         [
             SNAKEMAKE,
@@ -62,7 +63,7 @@ def snakemake(workdir: Path, *args, configfile: Path = DEMO, path=None, snakefil
             "--directory",
             workdir,
             "--configfile",
-            configfile,
+            *(configfile if isinstance(configfile, list) else [configfile]),
             "--workflow-profile",
             "none",
             *args,
@@ -88,7 +89,7 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def plan(workdir: Path, configfile: Path, *args) -> tuple[dict[str, int], str]:
+def plan(workdir: Path, configfile: Path | list[Path], *args) -> tuple[dict[str, int], str]:
     res = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -209,6 +210,42 @@ def test_more_seeds_and_methods_plan(tmp_path):
     counts, _ = plan(tmp_path, write_config(tmp_path, cfg))
     assert counts == expected_counts(cfg)
     assert counts["train"] == 3 * 3 * 3  # (2 base + 1 all) runs x 3 methods x 3 seeds
+
+
+def test_overlay_switches_protocols_off(tmp_path):
+    cfg = load(SMOKE)
+    overlay = write_config(tmp_path, {"protocols": {"cross_dataset": None,
+                                                    "domain_generalization": None}}, "off.yaml")
+    counts, _ = plan(tmp_path, [SMOKE, overlay])
+    cfg["protocols"] = {"base2new": cfg["protocols"]["base2new"]}
+    assert counts == expected_counts(cfg)
+    assert counts["train"] == 2 * 2  # 2 base-to-new datasets x 2 methods, no source run
+
+
+def test_every_protocol_off_is_refused(tmp_path):
+    overlay = write_config(tmp_path, {"protocols": {p: None for p in (
+        "base2new", "cross_dataset", "domain_generalization")}}, "off.yaml")
+    res = snakemake(tmp_path, "-n", configfile=[SMOKE, overlay])
+    assert res.returncode != 0 and "keep at least one" in res.stdout + res.stderr
+
+
+def test_ablation_config_plans_its_settings(tmp_path):
+    counts, _ = plan(tmp_path, [DEMO, REPO / "config" / "ablation.yaml"])
+    ablation = load(REPO / "config" / "ablation.yaml")["ablation"]
+    runs = 3 * 2  # coop, vpt, maple x 2 seeds on icons, no transfer runs
+
+    def entries(stage, method):
+        return sum(method in e.get("methods", [method]) for e in ablation[stage])
+
+    def per_method(stage_list):
+        return sum(2 * sum(entries(s, m) for s in stage_list) for m in ("coop", "vpt", "maple"))
+
+    assert counts["train"] == runs
+    assert counts["overfit"] == runs + per_method(["overfit"])
+    assert counts["fit_diffusion"] == runs + per_method(["overfit", "diffusion"])
+    assert counts["evaluate_diffusion"] == runs + per_method(["overfit", "diffusion", "sampling"])
+    # the classification term is compared on CoOp only
+    assert entries("diffusion", "coop") == entries("diffusion", "vpt") + 1
 
 
 def test_default_profile_plans(tmp_path):
@@ -417,6 +454,9 @@ def _set(cfg: dict, dotted: str, value) -> dict:
         ("methods", ["coop", "vpt"], ["method_params", "'vpt'"]),
         ("diffusion.heads", 3, ["diffusion.width", "diffusion.heads"]),
         ("protocols.domain_generalization.source", "icons", ["differ", "same source"]),
+        ("diffusion.per_method", {"vtp": {"steps": 9}}, ["diffusion.per_method", "'vtp'"]),
+        ("diffusion.per_method", {"coop": {"target": "both"}},
+         ["diffusion.per_method.coop", "'both'"]),
     ],
 )
 def test_bad_config_rejected(tmp_path, key, value, expected):
@@ -593,6 +633,14 @@ def test_stub_run_writes_the_report(smoke_run):
         ),
         ({"report.reference": True}, {"report": 1, "all": 1}),
         (
+            {"diffusion.per_method": {"maple": {"target": "absolute"}}},  # maple's DiTs only
+            {"fit_diffusion": 3, "evaluate_diffusion": 3, "report": 1, "all": 1},
+        ),
+        (
+            {"sampling.per_method": {"coop": {"steps": 5}}},  # the value it had: nothing reruns
+            {},
+        ),
+        (
             {"world.cast": 0.3},  # new datasets, same label space: no new pretraining
             {
                 "prepare": 1,
@@ -618,6 +666,8 @@ def test_stub_run_writes_the_report(smoke_run):
         "epochs",
         "eval-batch",
         "reference",
+        "per-method",
+        "per-method-same",
         "world-cast",
     ],
 )
@@ -717,6 +767,9 @@ def test_ablation_settings_become_targets_and_reach_the_report(ablation_run):
                                      "all": 1}),
         ("overfit", {"lr": 0.02}, {"overfit": 4, "fit_diffusion": 4, "evaluate_diffusion": 4,
                                    "report": 1, "all": 1}),
+        # restricted to one method: only CoOp's two base-to-new runs
+        ("diffusion", {"depth": 2, "methods": ["coop"]},
+         {"fit_diffusion": 2, "evaluate_diffusion": 2, "report": 1, "all": 1}),
     ],
 )
 def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path, stage, entry,
@@ -727,6 +780,12 @@ def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path,
                     configfile=_ablation_config(tmp_path, more, "more.yaml"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert job_counts(res.stdout + res.stderr) == expected
+
+
+def test_ablation_entry_for_an_untrained_method_is_refused(tmp_path):
+    cfg = _ablation_config(tmp_path, {"sampling": [{"steps": 2, "methods": ["vpt"]}]}, "bad.yaml")
+    res = snakemake(tmp_path, "-n", configfile=cfg)
+    assert res.returncode != 0 and "['vpt']" in res.stdout + res.stderr
 
 
 def test_bad_ablation_entry_names_the_key(tmp_path):

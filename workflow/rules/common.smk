@@ -41,6 +41,11 @@ def check_config(cfg):
             )
 
     protocols = cfg["protocols"]
+    if not protocols:
+        raise WorkflowError(
+            "config: every protocol is switched off (null); keep at least one of base2new, "
+            "cross_dataset or domain_generalization."
+        )
     if "base2new" in protocols:
         for name in protocols["base2new"]["datasets"]:
             need_dataset(name, "protocols.base2new.datasets")
@@ -147,36 +152,74 @@ STAGES = ("overfit", "diffusion", "sampling")
 
 
 def variant_name(override):
-    return ",".join(f"{k}={override[k]}" for k in sorted(override))
+    return ",".join(f"{k}={override[k]}" for k in sorted(override) if k != "methods")
 
 
+# stage -> variant name -> the override it applies; an entry's `methods` key only says which
+# methods compare it (VARIANT_METHODS), it is no setting of the stage.
 VARIANTS = {
     stage: {
         DEFAULT: {},
-        **{variant_name(o): o for o in config.get("ablation", {}).get(stage, [])},
+        **{
+            variant_name(o): {k: v for k, v in o.items() if k != "methods"}
+            for o in config.get("ablation", {}).get(stage, [])
+        },
     }
     for stage in STAGES
 }
+VARIANT_METHODS = {
+    (stage, variant_name(o)): o["methods"]
+    for stage in STAGES
+    for o in config.get("ablation", {}).get(stage, [])
+    if "methods" in o
+}
 
 
-def stage_config(stage, variant):
-    """The `stage` section with `variant`'s override applied."""
-    return {**config[stage], **VARIANTS[stage][variant]}
+def stage_config(stage, variant, method):
+    """The `stage` section for `method` (its `per_method` entry over the section), with
+    `variant`'s override applied."""
+    section = {k: v for k, v in config[stage].items() if k != "per_method"}
+    return {
+        **section,
+        **config[stage].get("per_method", {}).get(method, {}),
+        **VARIANTS[stage][variant],
+    }
 
 
 def check_variants():
     for stage in STAGES:
+        for method in config[stage].get("per_method", {}):
+            if method not in config["method_params"]:
+                raise WorkflowError(
+                    f"config: {stage}.per_method names {method!r}, which has no method_params "
+                    f"entry; fix the name or add `method_params: {{{method}: {{...}}}}`."
+                )
         for name, override in VARIANTS[stage].items():
             unknown = set(override) - set(config[stage]) - STAGE_KEYS[stage]
-            if unknown:
+            if unknown or "per_method" in override:
                 raise WorkflowError(
                     f"config: ablation.{stage} entry {override} sets unknown key(s) "
-                    f"{sorted(unknown)}; use keys of the `{stage}` section."
+                    f"{sorted(unknown | ({'per_method'} & set(override)))}; use keys of the "
+                    f"`{stage}` section."
                 )
-            try:
-                validate({**config, stage: stage_config(stage, name)}, SCHEMA)
-            except WorkflowError as e:
-                raise WorkflowError(f"config: ablation.{stage} entry {override}: {e}")
+            for method in TRAINED_METHODS:
+                merged = stage_config(stage, name, method)
+                try:
+                    validate({**config, stage: merged}, SCHEMA)
+                except WorkflowError as e:
+                    where = (
+                        f"ablation.{stage} entry {override}"
+                        if override
+                        else f"{stage}.per_method.{method}"
+                    )
+                    raise WorkflowError(f"config: {where}: {e}")
+    for (stage, name), methods in VARIANT_METHODS.items():
+        unknown = set(methods) - set(TRAINED_METHODS)
+        if unknown:
+            raise WorkflowError(
+                f"config: ablation.{stage} entry {name} lists methods {sorted(unknown)} that "
+                f"`methods` does not train ({', '.join(TRAINED_METHODS)})."
+            )
 
 
 # The keys each section may hold (the schema's properties), for the check above.
@@ -197,6 +240,14 @@ COMBOS = [(DEFAULT, DEFAULT, DEFAULT)] + [
     for name in VARIANTS[stage]
     if name != DEFAULT
 ]
+
+
+def compares(combo, method):
+    """Whether `method` is compared under the (overfit, diffusion, sampling) variants `combo`."""
+    return all(
+        method in VARIANT_METHODS.get((stage, name), [method])
+        for stage, name in zip(STAGES, combo)
+    )
 
 
 def alternation(names):
@@ -403,7 +454,11 @@ def report_inputs(wildcards=None):
                 # ablations on the base-to-new runs (the transfer runs where there are none)
                 ablate = classes == "base" or "base2new" not in PROTOCOLS
                 combos = COMBOS if ablate else COMBOS[:1]
-                paths += [eval_path(d, m, classes, s, "diffusion", c) for c in combos]
+                paths += [
+                    eval_path(d, m, classes, s, "diffusion", c)
+                    for c in combos
+                    if compares(c, m)
+                ]
     return paths
 
 

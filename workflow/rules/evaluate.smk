@@ -67,7 +67,7 @@ rule evaluate_diffusion:
         evaluation=lambda wildcards: to_json(
             {
                 "evaluation": config["evaluation"],
-                "sampling": stage_config("sampling", wildcards.sv),
+                "sampling": stage_config("sampling", wildcards.sv, wildcards.method),
             }
         ),
         variant=lambda wildcards: to_json(
