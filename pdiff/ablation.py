@@ -113,8 +113,39 @@ def write_ablation(out_dir: Path, rows: list[dict]) -> None:
         "stored training prompt over the store's own nearest-neighbour distance (0 = copies).\n",
         md_table(header, table),
     ]
+    best = best_settings(rows, headline[-1]) if headline else []
+    if best:
+        text += [
+            "## Best setting per method\n",
+            f"The setting with the highest {_name(headline[-1])} per method, against the host "
+            "method (one stage changed at a time; combining the best settings is a separate "
+            "run).\n",
+            md_table(
+                ["Method", "Best setting", "Prompt diffusion", "Host", "Δ"],
+                [[b["label"], b["setting"], _fmt(b["value"], b["se"]), _fmt(b["host"]),
+                  f"{b['value'] - b['host']:+.2f}"] for b in best],
+            ),
+        ]
     _write_text(out_dir / "ablation.md", "\n".join(text))
     _ode_figure(out_dir / "figures" / "ode_steps.png", rows, headline[-1])
+
+
+def _name(metric: str) -> str:
+    return "HM" if metric == "hm" else metric.replace("_", " ")
+
+
+def best_settings(rows: list[dict], metric: str) -> list[dict]:
+    """Per method, the prompt-diffusion setting with the highest `metric`, and the host's."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        host = [r for r in rows if r["method"] == method and r["mode"] == "baseline"]
+        diff = [r for r in rows if r["method"] == method and r["mode"] == "diffusion"]
+        if host and diff:
+            top = max(diff, key=lambda r: r[metric])
+            out.append({"method": method, "label": top["label"], "setting": top["setting"],
+                        "value": top[metric], "se": top.get(f"{metric}_se"),
+                        "host": host[0][metric]})
+    return out
 
 
 def _ode_figure(path: Path, rows: list[dict], metric: str) -> None:

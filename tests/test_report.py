@@ -319,7 +319,13 @@ def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     default = float(rows[("diffusion", "default")]["base"])
     assert float(rows[("diffusion", "sampling: steps=1")]["base"]) == pytest.approx(default - 10)
     assert (out / "figures" / "ode_steps.png").read_bytes().startswith(PNG_MAGIC)
-    assert "sampling: steps=1" in (out / "ablation.md").read_text()
+    md = (out / "ablation.md").read_text()
+    assert "sampling: steps=1" in md
+    # overfit steps=10 shifts every accuracy by +2: the best setting, +2 HM over the default
+    best = md.split("## Best setting per method")[1]
+    hm = float(rows[("diffusion", "overfit: steps=10")]["hm"])
+    host = float(rows[("baseline", "–")]["hm"])
+    assert f"| overfit: steps=10 | {hm:.2f}" in best and f"{hm - host:+.2f} |" in best
 
 
 def test_diagnosis_table_from_dit_diagnostics(tmp_path):
