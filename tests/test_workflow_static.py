@@ -229,6 +229,25 @@ def test_every_protocol_off_is_refused(tmp_path):
     assert res.returncode != 0 and "keep at least one" in res.stdout + res.stderr
 
 
+def _merge(base: dict, overlay: dict) -> dict:
+    """Snakemake's merge of an overlay config: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in overlay.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merge(base[key], value) if both else value
+    return out
+
+
+def test_all_methods_config_plans_every_method(tmp_path):
+    overlay = REPO / "config" / "all-methods.yaml"
+    counts, _ = plan(tmp_path, [DEMO, overlay])
+    cfg = _merge(load(DEMO), load(overlay))
+    assert counts == expected_counts(cfg)
+    assert len(cfg["methods"]) == 6 and len(cfg["seeds"]) == 3
+    # (2 base-to-new datasets + 1 all-class source run) x 6 methods x 3 seeds
+    assert counts["train"] == 3 * 6 * 3
+
+
 def test_ablation_config_plans_its_settings(tmp_path):
     counts, _ = plan(tmp_path, [DEMO, REPO / "config" / "ablation.yaml"])
     ablation = load(REPO / "config" / "ablation.yaml")["ablation"]
