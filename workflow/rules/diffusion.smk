@@ -30,7 +30,9 @@ rule fit_diffusion:
             "pdiff/diffusion/objective.py",
             "pdiff/diffusion/train.py",
         ),
-        diffusion=lambda wildcards: to_json(stage_config("diffusion", wildcards.dv, wildcards.method)),
+        diffusion=lambda wildcards: to_json(
+            stage_config("diffusion", wildcards.dv, wildcards.method)
+        ),
         backbone=backbone_json(),
     shell:
         "pdiff fit-diffusion --prompt {input.prompt:q} --store {input.store:q}"

@@ -23,7 +23,9 @@ rule overfit:
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/overfit.py", "pdiff/store.py"),
-        overfit=lambda wildcards: to_json(stage_config("overfit", wildcards.ov, wildcards.method)),
+        overfit=lambda wildcards: to_json(
+            stage_config("overfit", wildcards.ov, wildcards.method)
+        ),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
         data_root=data_root,
