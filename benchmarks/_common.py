@@ -8,6 +8,7 @@ beside them.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,21 +31,40 @@ DEMO_PARAMS = {
 }
 
 
+def demo_params(method: str, backbone: Backbone) -> dict:
+    """The demo's parameters for `method`, prompt depth capped at the backbone's layers."""
+    params = dict(DEMO_PARAMS[method])
+    if "depth" in params:
+        params["depth"] = min(params["depth"], backbone.vision_layers)
+    return params
+
+
 def setup(threads: int, seed: int = 0) -> None:
     """Thread count, glibc heap tuning (as the `pdiff` CLI does), pdiff's model configs, seed."""
     torch.set_num_threads(threads)
+    # fp32 everywhere on a GPU too: TF32 would make the fast/plain checks compare rounding
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     keep_freed_memory()
     register_model_configs()
     torch.manual_seed(seed)
 
 
-def random_backbone(model: str = "pdiff-tiny", seed: int = 0) -> Backbone:
+def add_device_args(ap: argparse.ArgumentParser) -> None:
+    """`--device` and `--threads`, the same in every benchmark."""
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda times on the GPU (fp32, as the exactness checks need)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 by default: on a shared 2-core machine 2 threads wait on each other")
+
+
+def random_backbone(model: str = "pdiff-tiny", seed: int = 0, device: str = "cpu") -> Backbone:
     """A frozen, randomly initialised open_clip model wrapped as pdiff's Backbone."""
     register_model_configs()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = open_clip.create_model(model, pretrained=None)
-    net.eval().requires_grad_(False).float()
+    net.eval().requires_grad_(False).float().to(device)
     return Backbone(net, open_clip.get_tokenizer(model), {"model": model, "pretrained": None},
                     net.visual.image_size[0])
 
@@ -52,9 +72,11 @@ def random_backbone(model: str = "pdiff-tiny", seed: int = 0) -> Backbone:
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """Mean seconds of `fn` over `repeats` calls after one warm-up call."""
     fn()
+    _sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
+    _sync()
     return (time.perf_counter() - t0) / repeats
 
 
@@ -69,6 +91,12 @@ class Timing(dict):
         return statistics.median(s / f for s, f in zip(self[slow], self[fast], strict=True))
 
 
+def _sync() -> None:
+    """Wait for queued GPU work, so a timer measures the work and not its launch."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: bool = True
                 ) -> Timing:
     """Time every path once per round, the paths alternating, after one warm-up call each."""
@@ -80,8 +108,10 @@ def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: boo
         # alternate the order so neither path always runs right after the other
         order = list(paths.items()) if r % 2 == 0 else list(reversed(paths.items()))
         for name, fn in order:
+            _sync()
             t0 = time.perf_counter()
             fn()
+            _sync()
             out[name].append(time.perf_counter() - t0)
     return out
 

@@ -1,7 +1,8 @@
 """Batched per-sample overfitting vs. the one-sample-at-a-time loop, for each host method.
 
     python benchmarks/batched_overfit.py [--methods coop vpt maple] [--samples 64]
-        [--classes 24] [--steps 5] [--batch 64] [--rounds 1]
+        [--classes 24] [--steps 5] [--batch 64] [--rounds 1] [--model pdiff-tiny]
+        [--device cpu|cuda]
 
 `pdiff overfit` gives every training sample its own prompt, optimised for `steps` Adam steps on
 its own cross-entropy. The plain path runs `overfit_batch` on one sample at a time; the fast path
@@ -31,7 +32,16 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from _common import DEMO_PARAMS, check_same, interleaved, random_backbone, setup, table
+from _common import (
+    DEMO_PARAMS,
+    add_device_args,
+    check_same,
+    demo_params,
+    interleaved,
+    random_backbone,
+    setup,
+    table,
+)
 
 from pdiff.methods import Inputs, get_method
 from pdiff.overfit import overfit_batch
@@ -47,22 +57,22 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch", type=int, default=64, help="samples optimised together")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: on a shared 2-core machine 2 threads wait on each other")
+    ap.add_argument("--model", default="pdiff-tiny", help="any open_clip model, random init")
+    add_device_args(ap)
     args = ap.parse_args()
     setup(args.threads)
-    bb = random_backbone()
+    bb = random_backbone(args.model, device=args.device)
     names = [f"colour{i} thing{i}" for i in range(args.classes)]
     g = torch.Generator().manual_seed(0)
     n = args.samples
-    images = torch.rand(n, 3, bb.image_size, bb.image_size, generator=g)
-    feats = F.normalize(torch.randn(n, bb.embed_dim, generator=g), dim=-1)
-    labels = torch.randint(args.classes, (n,), generator=g)
+    images = torch.rand(n, 3, bb.image_size, bb.image_size, generator=g).to(args.device)
+    feats = F.normalize(torch.randn(n, bb.embed_dim, generator=g), dim=-1).to(args.device)
+    labels = torch.randint(args.classes, (n,), generator=g).to(args.device)
 
     rows = []
     for name in args.methods:
-        method = get_method(name)(bb, names, "a photo of a {}.", DEMO_PARAMS[name])
-        method.requires_grad_(False)
+        method = get_method(name)(bb, names, "a photo of a {}.", demo_params(name, bb))
+        method.to(args.device).requires_grad_(False)
         x = Inputs(feats, images if method.needs_images else None)
 
         def run(bs: int, method=method, x=x) -> torch.Tensor:
@@ -77,8 +87,8 @@ def main() -> None:
         rows.append([name, method.layout.num_tokens, n / t.median("single"),
                      n / t.median("batched"), f"{t.ratio('single', 'batched'):.1f}x", diff])
     print(f"{n} samples x {args.classes} classes, {args.steps} Adam steps, batches of "
-          f"{args.batch}; random pdiff-tiny; {args.threads} thread(s); median of {args.rounds} "
-          "interleaved round(s)")
+          f"{args.batch}; random {args.model} on {args.device}; {args.threads} thread(s); median "
+          f"of {args.rounds} interleaved round(s)")
     print(table(["method", "prompt tokens", "one at a time (samples/s)", "batched (samples/s)",
                  "speed-up", "max abs diff"], rows))
 

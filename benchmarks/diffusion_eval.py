@@ -1,7 +1,7 @@
 """Evaluation with prompt diffusion vs. baseline evaluation, per host method.
 
     python benchmarks/diffusion_eval.py [--methods coop vpt maple] [--images 384]
-        [--classes 24] [--steps 5] [--rounds 3] [--model pdiff-tiny]
+        [--classes 24] [--steps 5] [--rounds 3] [--model pdiff-tiny] [--device cpu|cuda]
 
 Baseline evaluation applies the learned prompt to every test image; evaluation with prompt
 diffusion first generates each image's own prompt (the DiT integrates the sampling ODE, batched
@@ -37,7 +37,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import DEMO_PARAMS, check_same, interleaved, random_backbone, setup, table
+from _common import (
+    DEMO_PARAMS,
+    add_device_args,
+    check_same,
+    demo_params,
+    interleaved,
+    random_backbone,
+    setup,
+    table,
+)
 
 from pdiff.diffusion import DiffusionModel, FlowMatching, PromptDiT, TargetNormaliser
 from pdiff.evaluate import _draws, predict
@@ -46,13 +55,13 @@ from pdiff.methods import Inputs, PromptMethod, get_method
 DIT = {"width": 128, "depth": 4, "heads": 4}
 
 
-def fresh_dit(method: PromptMethod, cond_dim: int) -> DiffusionModel:
+def fresh_dit(method: PromptMethod, cond_dim: int, device: str) -> DiffusionModel:
     """An untrained demo-sized DiT whose residual target is centred on the learned prompt."""
     layout = method.layout
     mask = layout.mask()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = PromptDiT(layout.num_tokens, layout.token_dim, cond_dim, **DIT).eval()
+        net = PromptDiT(layout.num_tokens, layout.token_dim, cond_dim, **DIT).eval().to(device)
     shape = (layout.num_tokens, layout.token_dim)
     normaliser = TargetNormaliser(offset=layout.pack(method.init_prompt())[0].cpu(),
                                   mean=torch.zeros(shape), std=torch.ones(shape), mask=mask,
@@ -71,27 +80,23 @@ def main() -> None:
     ap.add_argument("--solver", default="euler")
     ap.add_argument("--steps", type=int, default=5, help="ODE steps")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: on a shared 2-core machine 2 threads wait on each other")
+    add_device_args(ap)
     args = ap.parse_args()
     setup(args.threads)
-    bb = random_backbone(args.model)
+    bb = random_backbone(args.model, device=args.device)
     names = [f"colour{i} thing{i}" for i in range(args.classes)]
     g = torch.Generator().manual_seed(0)
     n = args.images
-    images = torch.rand(n, 3, bb.image_size, bb.image_size, generator=g)
+    images = torch.rand(n, 3, bb.image_size, bb.image_size, generator=g).to(args.device)
     features = bb.encode_images(images)  # cached once per stage, as `load_inputs` does
     sampling = {"solver": args.solver, "steps": args.steps, "start": "zero", "draws": 1}
 
     rows = []
     for name in args.methods:
-        params = dict(DEMO_PARAMS[name])
-        if args.model != "pdiff-tiny" and "depth" in params:
-            params["depth"] = min(params["depth"], bb.vision_layers)
-        method = get_method(name)(bb, names, "a photo of a {}.", params)
-        method.requires_grad_(False)
+        method = get_method(name)(bb, names, "a photo of a {}.", demo_params(name, bb))
+        method.to(args.device).requires_grad_(False)
         inputs = Inputs(features, images if method.needs_images else None)
-        dm = fresh_dit(method, bb.embed_dim)
+        dm = fresh_dit(method, bb.embed_dim, args.device)
 
         def baseline(method=method, inputs=inputs) -> torch.Tensor:
             return predict(method, inputs, args.batch)[0]
@@ -109,16 +114,16 @@ def main() -> None:
                           f"{name}: probabilities with a zero DiT vs. the learned prompt")
         with torch.no_grad():  # a trained DiT is not zero: time a random one
             for p in dm.model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+                p.add_(torch.randn(p.shape, generator=g).to(p.device) * 0.02)
         t = interleaved({"baseline": baseline, "diffusion": diffusion, "dit": dit_only},
                         args.rounds)
         rows.append([name, method.layout.num_tokens, t.median("baseline") / n * 1e3,
                      t.median("diffusion") / n * 1e3, t.median("dit") / n * 1e3,
                      f"{t.ratio('diffusion', 'baseline'):.2f}x", diff])
-    print(f"{args.model} (random init): {n} test images x {args.classes} classes, batches of "
-          f"{args.batch}; DiT {DIT['depth']} layers x {DIT['width']}, {args.solver} "
-          f"{args.steps} steps; {args.threads} thread(s); median of {args.rounds} interleaved "
-          "rounds")
+    print(f"{args.model} (random init) on {args.device}: {n} test images x {args.classes} "
+          f"classes, batches of {args.batch}; DiT {DIT['depth']} layers x {DIT['width']}, "
+          f"{args.solver} {args.steps} steps; {args.threads} thread(s); median of {args.rounds} "
+          "interleaved rounds")
     print(table(["method", "prompt tokens", "baseline (ms/img)", "diffusion (ms/img)",
                  "of which DiT (ms/img)", "ratio", "max abs diff (zero DiT)"], rows))
 
