@@ -705,10 +705,16 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     from pdiff import ablation  # the diagnosis and ablation tables (built on this module)
 
     if any(m != "zeroshot" for m in methods):
-        diag = ablation.diagnosis_rows(index, ablation.load_diagnostics(diagnostics or []),
-                                       methods)
-        ablation.write_diagnosis(out_dir, diag)
+        dits = ablation.load_diagnostics(diagnostics or [])
+        diag = ablation.diagnosis_rows(index, dits, methods)
+        underfit = ablation.underfit_dits(dits)
+        for u in underfit:
+            log.warning("report: the DiT %s does not reproduce its training prompts (seen "
+                        "cosine %.2f); raise diffusion.lr or diffusion.steps", u["dit"],
+                        u["train_cosine"])
+        ablation.write_diagnosis(out_dir, diag, underfit)
         summary["diagnosis"] = diag
+        summary["underfit_dits"] = underfit
     if any(k[-1] != DEFAULT for k in index):  # prompt diffusion evaluated in other settings
 
         settings = ablation.ablation_rows(index, protocols, methods, seeds)

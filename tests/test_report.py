@@ -343,7 +343,27 @@ def test_diagnosis_table_from_dit_diagnostics(tmp_path):
     assert float(row["held_out_cosine_se"]) == pytest.approx(0.1)
     assert float(row["train_cosine"]) == pytest.approx(0.9) and row["runs"] == "2"
     assert float(row["ece_baseline"]) == pytest.approx(0.05)
-    assert "Held-out cosine" in (out / "diagnosis.md").read_text()
+    md = (out / "diagnosis.md").read_text()
+    assert "Held-out cosine" in md and "None: every DiT reproduces its training prompts" in md
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(PdiffError, match="bad.json"):
         make_report(_write_inputs(tmp_path), PARAMS, out, [tmp_path / "bad.json"])
+
+
+def test_a_dit_that_did_not_learn_its_store_is_named(tmp_path, caplog):
+    diags = []
+    for run, seen in (("good", 0.8), ("collapsed", -0.27)):
+        path = tmp_path / run / "dit.json"
+        path.parent.mkdir()
+        agreement = {"cosine_mean": 0.09, "correlation_mean": 0.09, "norm_ratio": 0.9, "n": 8}
+        path.write_text(json.dumps({"method": "coop", "seed": 1, "held_out": agreement,
+                                    "train": {**agreement, "cosine_mean": seen}}))
+        diags.append(path)
+    out = tmp_path / "report"
+    make_report(_write_inputs(tmp_path), PARAMS, out, diags)
+    section = (out / "diagnosis.md").read_text().split("## DiTs that did not learn their store")[1]
+    assert str(tmp_path / "collapsed" / "dit.json") in section and "-0.27" in section
+    assert str(tmp_path / "good") not in section and "Raise `diffusion.lr`" in section
+    (underfit,) = json.loads((out / "summary.json").read_text())["underfit_dits"]
+    assert underfit["train_cosine"] == -0.27 and underfit["method"] == "coop"
+    assert "does not reproduce its training prompts" in caplog.text
