@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pdiff.checkpoint import load_prompt, save_prompt
 from pdiff.data.templates import GENERIC_TEMPLATE
@@ -157,6 +158,25 @@ def test_promptsrc_keeps_the_gaussian_average_of_its_epochs(backbone, inputs):
     for k, v in m.prompt.items():
         torch.testing.assert_close(v.detach(), snapshots[1][k])
         assert not torch.allclose(v.detach(), snapshots[2][k])
+
+
+def test_promptsrc_overfits_with_its_own_regularised_loss(backbone, inputs):
+    """Per-sample overfitting keeps PromptSRC's self-regularisation: with one prompt shared by
+    every sample the per-sample losses average to the training loss, and each sample's loss
+    depends on its own prompt alone."""
+    m = make(backbone, "promptsrc")
+    labels = LABELS[: len(inputs)]
+    shared = {k: v.expand(len(inputs), *v.shape[1:]) for k, v in m.learned_prompts().items()}
+    per_sample = m.per_sample_loss(inputs, labels, shared)
+    torch.testing.assert_close(per_sample.mean(), m.loss(inputs, labels), atol=1e-5, rtol=1e-5)
+    ce = F.cross_entropy(m.logits(inputs, shared), labels, reduction="none")
+    assert (per_sample > ce + 1e-4).all(), "the regularisers must be part of the objective"
+    own = random_prompts(m, len(inputs))
+    moved = {k: v.clone() for k, v in own.items()}
+    for v in moved.values():
+        v[0] += 0.1
+    changed = m.per_sample_loss(inputs, labels, moved) != m.per_sample_loss(inputs, labels, own)
+    assert changed.tolist() == [True] + [False] * (len(inputs) - 1)
 
 
 def test_packing_round_trip_with_mixed_widths():
