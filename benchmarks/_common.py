@@ -51,7 +51,7 @@ def setup(threads: int, seed: int = 0) -> None:
 
 
 def add_device_args(ap: argparse.ArgumentParser) -> None:
-    """`--device` and `--threads`, the same in every benchmark."""
+    """`--device` and `--threads` for the benchmarks that can also time a GPU."""
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda times on the GPU (fp32, as the exactness checks need)")
     ap.add_argument("--threads", type=int, default=1,
