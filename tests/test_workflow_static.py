@@ -717,7 +717,11 @@ AFTER_TRAIN = {
             "pdiff/diffusion/dit.py",
             {"fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1},
         ),
-        ("pdiff/methods/maple.py", AFTER_TRAIN),  # methods/ is one unit: every train job
+        # a method's module retrains that method only; a module they share, every one of them
+        ("pdiff/methods/maple.py", {"train": 3, "overfit": 3, "fit_diffusion": 3,
+                                    "evaluate_baseline": 3, "evaluate_diffusion": 3,
+                                    "report": 1, "all": 1}),
+        ("pdiff/methods/text.py", AFTER_TRAIN | {"evaluate_zeroshot": 3}),
         ("pdiff/train.py", AFTER_TRAIN),
         ("pdiff/report.py", {"report": 1, "all": 1}),
         ("pdiff/evaluate.py", {"evaluate_baseline": 6, "evaluate_diffusion": 6,

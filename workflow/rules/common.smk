@@ -5,6 +5,8 @@
 # with sorted keys, so Snakemake's params rerun trigger reruns a job when, and only when, the config
 # it reads changes (e.g. the ODE solver touches evaluate_diffusion and report, nothing else).
 
+import ast
+import functools
 import hashlib
 import json
 import os
@@ -303,22 +305,23 @@ def method_json(method):
 #   pretrain           pretrain.py, data/synthetic.py    the recipe and its caption/image draws
 #   check_data         check_data.py, data/coop.py, data/layouts.py
 #   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
-#   train              train.py, methods/                every host method's model and loss
+#   train              train.py, the method's modules    its model and loss (method_modules)
 #   overfit            overfit.py, store.py
 #   fit_diffusion      fit_diffusion.py, diffusion/ except sampler.py (DiT, objective, normaliser,
 #                      trainer; the sampler is used only by evaluation)
 #   evaluate_baseline  evaluate.py
 #   evaluate_diffusion evaluate.py, diffusion/sampler.py
-#   evaluate_zeroshot  evaluate.py, methods/zeroshot.py
+#   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
 #   report             report.py, ablation.py
 #
 # Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
 # resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, data/images.py,
-# data/templates.py). A change there would rerun the whole study (days on a cluster) for what is
-# almost always a refactor, and their behaviour is pinned by unit tests (e.g. prefix sharing and
-# the truncated text encoder are exact); after a change there that does alter results, force the
-# affected rules with `snakemake -R <rule>`. methods/ counts for train (which reruns everything
-# trained on top of it) and, for methods/zeroshot.py only, evaluate_zeroshot. fetch_weights has
+# data/templates.py, the method registry methods/__init__.py). A change there would rerun the
+# whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
+# pinned by unit tests (e.g. prefix sharing and the truncated text encoder are exact); after a
+# change there that does alter results, force the affected rules with `snakemake -R <rule>`. A method counts as its module pdiff/methods/<name>.py
+# plus the pdiff/methods modules it imports (base.py, text.py, ...), so editing maple.py retrains
+# MaPLe runs only, and editing text.py every textual method and zero-shot CLIP. fetch_weights has
 # no fingerprint: it only downloads weights. Only `*.py` files count; paths are relative to the
 # repository root (the Snakefile's folder); folders are hashed recursively in sorted order.
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +344,33 @@ def code_fingerprint(*paths):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+@functools.cache
+def method_modules(method):
+    """pdiff/methods/<method>.py and, transitively, the pdiff/methods modules it imports. A method
+    registered under another module name falls back to the whole folder (still correct, coarser).
+    """
+    root = Path(workflow.basedir)
+    folder = root / "pdiff" / "methods"
+    todo, seen = [folder / f"{method}.py"], set()
+    if not todo[0].is_file():
+        return ("pdiff/methods",)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "pdiff.methods."
+            ):
+                todo.append(folder / f"{node.module.rsplit('.', 1)[1]}.py")
+    return tuple(sorted(p.relative_to(root).as_posix() for p in seen))
+
+
+def train_fingerprint(wildcards):
+    return code_fingerprint("pdiff/train.py", *method_modules(wildcards.method))
 
 
 def data_root(wildcards):

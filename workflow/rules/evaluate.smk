@@ -108,7 +108,7 @@ rule evaluate_zeroshot:
         runtime=30,
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/evaluate.py", "pdiff/methods/zeroshot.py"),
+        code=code_fingerprint("pdiff/evaluate.py", *method_modules("zeroshot")),
         evaluation=to_json({"evaluation": config["evaluation"]}),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(zeroshot_sets(wildcards.dataset)),

@@ -22,7 +22,7 @@ rule train:
         runtime=120,
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/train.py", "pdiff/methods"),
+        code=train_fingerprint,
         method=lambda wildcards: method_json(wildcards.method),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
