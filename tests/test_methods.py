@@ -160,11 +160,12 @@ def test_promptsrc_keeps_the_gaussian_average_of_its_epochs(backbone, inputs):
         assert not torch.allclose(v.detach(), snapshots[2][k])
 
 
-def test_promptsrc_overfits_with_its_own_regularised_loss(backbone, inputs):
-    """Per-sample overfitting keeps PromptSRC's self-regularisation: with one prompt shared by
-    every sample the per-sample losses average to the training loss, and each sample's loss
-    depends on its own prompt alone."""
-    m = make(backbone, "promptsrc")
+@pytest.mark.parametrize("name", ["promptsrc", "kgcoop"])
+def test_regularised_methods_overfit_with_their_own_loss(backbone, inputs, name):
+    """Per-sample overfitting keeps the host's regularisers (PromptSRC's self-regularisation,
+    KgCoOp's knowledge guidance): with one prompt shared by every sample the per-sample losses
+    average to the training loss, and each sample's loss depends on its own prompt alone."""
+    m = make(backbone, name)
     labels = LABELS[: len(inputs)]
     shared = {k: v.expand(len(inputs), *v.shape[1:]) for k, v in m.learned_prompts().items()}
     per_sample = m.per_sample_loss(inputs, labels, shared)

@@ -2,7 +2,7 @@
 
 Baseline training adds ``kg_weight * (1 - cos(learned, hand-crafted))`` averaged over classes,
 keeping the learned class features near the frozen template features that generalise to new
-classes (published weight 8). Per-sample overfitting uses the plain cross-entropy.
+classes (published weight 8). Per-sample overfitting keeps the term, per sample and prompt.
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ class KgCoOp(CoOp):
 
     def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
              ) -> torch.Tensor:
+        return self.per_sample_loss(inputs, labels, prompts).mean()
+
+    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None
+                        ) -> torch.Tensor:
+        """Cross-entropy plus the knowledge-guided term of each sample's own prompt, [B] (with
+        one shared prompt the term is the same for every sample and the mean is `loss`)."""
         image, text = self.encode(inputs, prompts)
-        ce = F.cross_entropy(self.backbone.logit_scale * cosine(image, text), labels)
-        kg = (1 - (text * self.anchor).sum(-1)).mean()
+        ce = F.cross_entropy(self.backbone.logit_scale * cosine(image, text), labels,
+                             reduction="none")
+        kg = 1 - (text * self.anchor).sum(-1).mean(-1)  # [1 | B]
         return ce + float(self.params.get("kg_weight", 8.0)) * kg
