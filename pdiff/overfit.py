@@ -1,16 +1,19 @@
 """Per-sample overfitting into an HDF5 prompt store (`pdiff overfit`).
 
-Starting from the learned prompt, every training sample gets K optimiser steps on its own
-cross-entropy. A batch of samples is optimised at once with independent prompts: the per-sample
-losses are summed, so each prompt receives exactly its own gradient, and Adam is elementwise, so
-the result equals one-at-a-time overfitting (tested) at a fraction of the cost. Rows are flushed
-to the store's side file batch by batch: a killed job resumes where it stopped.
+Starting from the learned prompt, every training sample gets K optimiser steps on its own loss:
+the host method's per-sample objective (cross-entropy plus the method's own regularisers) and,
+with `kl_weight` > 0, KL divergence from frozen CLIP's zero-shot prediction. A batch of samples
+is optimised at once with independent prompts: the per-sample losses are summed, so each prompt
+receives exactly its own gradient, and Adam is elementwise, so the result equals one-at-a-time
+overfitting (tested) at a fraction of the cost. Rows are flushed to the store's side file batch
+by batch: a killed job resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -19,7 +22,8 @@ from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
 from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
 from pdiff.inputs import load_inputs
-from pdiff.methods import Inputs, PromptMethod, Prompts
+from pdiff.methods import Anchor, Inputs, PromptMethod, Prompts
+from pdiff.methods.text import template_features
 from pdiff.store import open_writer
 from pdiff.utils import get_device, set_seed
 
@@ -27,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, steps: int,
-                  lr: float) -> tuple[Prompts, torch.Tensor, torch.Tensor]:
+                  lr: float, anchor: Anchor | None = None
+                  ) -> tuple[Prompts, torch.Tensor, torch.Tensor]:
     """Overfit one independent prompt per sample; returns prompts [B,...], loss before/after."""
     b = len(inputs)
     prompts = {k: v.expand(b, *v.shape[1:]).clone().requires_grad_(True)
@@ -35,17 +40,33 @@ def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, st
     opt = torch.optim.Adam(list(prompts.values()), lr=lr)
     before = None
     for _ in range(steps):
-        loss = method.per_sample_loss(inputs, labels, prompts)
+        loss = method.per_sample_loss(inputs, labels, prompts, anchor)
         if before is None:
             before = loss.detach()
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # sum: each prompt gets exactly its own sample's gradient
         opt.step()
     with torch.no_grad():
-        after = method.per_sample_loss(inputs, labels, prompts)
+        after = method.per_sample_loss(inputs, labels, prompts, anchor)
         if before is None:
             before = after
     return {k: v.detach() for k, v in prompts.items()}, before, after
+
+
+def zeroshot_anchor(method: PromptMethod, weight: float
+                    ) -> Callable[[torch.Tensor], Anchor | None]:
+    """Frozen image features [B, E] -> the batch's anchor to zero-shot CLIP (None at weight 0);
+    the hand-crafted class features are encoded once per stage."""
+    if not weight:
+        return lambda condition: None
+    with torch.no_grad():
+        text = template_features(method.backbone, method.classnames, [method.template]).float()
+    scale = method.backbone.logit_scale
+
+    def anchor(condition: torch.Tensor) -> Anchor:
+        return Anchor(torch.log_softmax(scale * condition.float() @ text.T, -1), weight)
+
+    return anchor
 
 
 def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, fewshot: str,
@@ -76,13 +97,15 @@ def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, few
                      len(data))
         t0 = time.time()
         bs = params["batch_size"]
+        anchor = zeroshot_anchor(method, params.get("kl_weight", 0.0))
         for i in tqdm(range(0, len(pending), bs), desc="overfit", mininterval=5):
             idx = torch.as_tensor(pending[i : i + bs], device=labels.device)
             batch = inputs[idx]
+            with torch.no_grad():
+                condition = method.condition(batch)
             prompts, before, after = overfit_batch(method, batch, labels[idx], params["steps"],
-                                                   params["lr"])
+                                                   params["lr"], anchor(condition))
             writer.write(idx.cpu().numpy(), layout.pack(prompts).cpu().numpy(),
-                         method.condition(batch).cpu().numpy(), before.cpu().numpy(),
-                         after.cpu().numpy())
+                         condition.cpu().numpy(), before.cpu().numpy(), after.cpu().numpy())
         writer.finalize()
     log.info("overfitted %d samples in %.1fs", len(pending), time.time() - t0)

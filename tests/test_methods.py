@@ -12,7 +12,7 @@ from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.methods import METHODS, Inputs, get_method
 from pdiff.methods.packing import PromptLayout
 from pdiff.methods.text import ClassTexts
-from pdiff.overfit import overfit_batch
+from pdiff.overfit import overfit_batch, zeroshot_anchor
 from pdiff.train import fit_prompt
 
 CLASSES = ["red circle", "blue square", "green triangle"]
@@ -135,6 +135,31 @@ def test_batched_overfitting_equals_one_at_a_time(backbone, inputs, name):
             torch.testing.assert_close(batched[k][i : i + 1], single[k], atol=5e-5, rtol=1e-4)
         torch.testing.assert_close(before[i : i + 1], b1, atol=1e-5, rtol=1e-4)
     assert (after < before).all(), "overfitting must lower each sample's own loss"
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_zeroshot_anchor_adds_kl_to_zeroshot_clip_to_each_samples_loss(backbone, inputs, name):
+    """overfit.kl_weight: every method's per-sample loss gains weight * KL(zero-shot CLIP ||
+    prompted) of that sample, and overfitting under it ends nearer zero-shot CLIP's prediction."""
+    m = make(backbone, name)
+    m.requires_grad_(False)
+    assert zeroshot_anchor(m, 0.0)(m.condition(inputs)) is None
+    anchor = zeroshot_anchor(m, 2.0)(m.condition(inputs))
+    zeroshot = make(backbone, "zeroshot", {}).logits(inputs).log_softmax(-1)
+    torch.testing.assert_close(anchor.log_probs, zeroshot, atol=1e-5, rtol=1e-5)
+
+    def kl(prompts):
+        return (zeroshot.exp() * (zeroshot - m.logits(inputs, prompts).log_softmax(-1))).sum(-1)
+
+    prompts = random_prompts(m, len(inputs))
+    extra = (m.per_sample_loss(inputs, LABELS, prompts, anchor)
+             - m.per_sample_loss(inputs, LABELS, prompts))
+    torch.testing.assert_close(extra, 2.0 * kl(prompts), atol=1e-4, rtol=1e-4)
+
+    free, _, _ = overfit_batch(m, inputs, LABELS, steps=5, lr=0.05)
+    tied, _, _ = overfit_batch(m, inputs, LABELS, steps=5, lr=0.05,
+                               anchor=zeroshot_anchor(m, 50.0)(m.condition(inputs)))
+    assert kl(tied).mean() < kl(free).mean()
 
 
 @pytest.mark.parametrize("name", ["coop", "cocoop", "maple", "promptsrc"])

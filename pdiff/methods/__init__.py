@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pdiff.errors import PdiffError
-from pdiff.methods.base import Inputs, PromptMethod, Prompts
+from pdiff.methods.base import Anchor, Inputs, PromptMethod, Prompts
 from pdiff.methods.cocoop import CoCoOp
 from pdiff.methods.coop import CoOp
 from pdiff.methods.kgcoop import KgCoOp
@@ -27,4 +27,4 @@ def get_method(name: str) -> type[PromptMethod]:
         ) from None
 
 
-__all__ = ["METHODS", "Inputs", "PromptMethod", "Prompts", "get_method"]
+__all__ = ["METHODS", "Anchor", "Inputs", "PromptMethod", "Prompts", "get_method"]

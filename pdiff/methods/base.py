@@ -50,6 +50,28 @@ class Inputs:
         )
 
 
+@dataclass
+class Anchor:
+    """An optional regulariser of per-sample overfitting (`overfit.kl_weight`): frozen CLIP's
+    zero-shot log-probabilities of the batch [B, C] and the weight of KL(zero-shot || prompted),
+    added to each sample's loss. It keeps every overfitted prompt near what frozen CLIP predicts,
+    as PromptSRC's and KgCoOp's own regularisers do for theirs."""
+
+    log_probs: torch.Tensor
+    weight: float
+
+    def penalty(self, logits: torch.Tensor) -> torch.Tensor:
+        """[B]: weight * KL(zero-shot || softmax(logits)) per sample."""
+        kl = F.kl_div(F.log_softmax(logits, -1), self.log_probs, reduction="none",
+                      log_target=True)
+        return self.weight * kl.sum(-1)
+
+
+def anchored(loss: torch.Tensor, logits: torch.Tensor, anchor: Anchor | None) -> torch.Tensor:
+    """`loss` [B] plus the anchor's penalty when there is one."""
+    return loss if anchor is None else loss + anchor.penalty(logits)
+
+
 class PromptMethod(nn.Module):
     """Base class: a frozen backbone plus learnable prompt tensors and shared parameters."""
 
@@ -128,10 +150,12 @@ class PromptMethod(nn.Module):
         """Training loss of baseline prompt learning (methods add their regularisers)."""
         return F.cross_entropy(self.logits(inputs, prompts), labels)
 
-    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts
-                        ) -> torch.Tensor:
-        """Cross-entropy of each sample under its own prompt, [B]: the overfitting objective."""
-        return F.cross_entropy(self.logits(inputs, prompts), labels, reduction="none")
+    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts,
+                        anchor: Anchor | None = None) -> torch.Tensor:
+        """Cross-entropy of each sample under its own prompt, [B]: the overfitting objective.
+        Methods with regularisers add them per sample; every method adds the anchor's penalty."""
+        logits = self.logits(inputs, prompts)
+        return anchored(F.cross_entropy(logits, labels, reduction="none"), logits, anchor)
 
     def learnable_state(self) -> dict[str, torch.Tensor]:
         """Everything training changed: prompt and shared parameters (never the backbone)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pdiff.methods.base import Inputs, Prompts, cosine
+from pdiff.methods.base import Anchor, Inputs, Prompts, anchored, cosine
 from pdiff.methods.coop import CoOp
 from pdiff.methods.text import template_features
 
@@ -20,19 +20,19 @@ class KgCoOp(CoOp):
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        anchor = template_features(self.backbone, classnames, [self.template])
-        self.register_buffer("anchor", anchor, persistent=False)
+        hand_crafted = template_features(self.backbone, classnames, [self.template])
+        self.register_buffer("hand_crafted", hand_crafted, persistent=False)
 
     def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
              ) -> torch.Tensor:
         return self.per_sample_loss(inputs, labels, prompts).mean()
 
-    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None
-                        ) -> torch.Tensor:
+    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None,
+                        anchor: Anchor | None = None) -> torch.Tensor:
         """Cross-entropy plus the knowledge-guided term of each sample's own prompt, [B] (with
         one shared prompt the term is the same for every sample and the mean is `loss`)."""
         image, text = self.encode(inputs, prompts)
-        ce = F.cross_entropy(self.backbone.logit_scale * cosine(image, text), labels,
-                             reduction="none")
-        kg = 1 - (text * self.anchor).sum(-1).mean(-1)  # [1 | B]
-        return ce + float(self.params.get("kg_weight", 8.0)) * kg
+        logits = self.backbone.logit_scale * cosine(image, text)
+        kg = 1 - (text * self.hand_crafted).sum(-1).mean(-1)  # [1 | B]
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        return anchored(loss + float(self.params.get("kg_weight", 8.0)) * kg, logits, anchor)

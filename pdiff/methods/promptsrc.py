@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdiff.backbone import Backbone
-from pdiff.methods.base import Inputs, Prompts, check_depth, cosine
+from pdiff.methods.base import Anchor, Inputs, Prompts, anchored, check_depth, cosine
 from pdiff.methods.text import ContextMethod, random_tokens, template_features
 
 # CLIP's seven-template ImageNet ensemble; the dataset's own template is added to it.
@@ -76,8 +76,8 @@ class PromptSRC(ContextMethod):
                 + p.get("image_weight", 10.0) * F.l1_loss(image, frozen_image)
                 + p.get("kl_weight", 1.0) * kl)
 
-    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts
-                        ) -> torch.Tensor:
+    def per_sample_loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts,
+                        anchor: Anchor | None = None) -> torch.Tensor:
         """`loss` per sample, so overfitting keeps PromptSRC's self-regularisation.
 
         With cross-entropy alone each overfitted prompt drifts from frozen CLIP: on the demo
@@ -88,10 +88,11 @@ class PromptSRC(ContextMethod):
         p = self.params
         kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(zs_logits, -1),
                       reduction="none", log_target=True).mean(-1)
-        return (F.cross_entropy(logits, labels, reduction="none")
+        loss = (F.cross_entropy(logits, labels, reduction="none")
                 + p.get("text_weight", 25.0) * (text - self.frozen_text).abs().mean((-2, -1))
                 + p.get("image_weight", 10.0) * (image - frozen_image).abs().mean(-1)
                 + p.get("kl_weight", 1.0) * kl)
+        return anchored(loss, logits, anchor)
 
     # --- Gaussian prompt aggregation over epochs ---------------------------------------------
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
