@@ -267,6 +267,21 @@ def test_ablation_config_plans_its_settings(tmp_path):
     assert entries("diffusion", "coop") == entries("diffusion", "vpt") + 1
 
 
+def test_overfit_kl_sweep_plans_each_weight_once_per_method(tmp_path):
+    overlays = [REPO / "config" / "all-methods.yaml", REPO / "config" / "overfit-kl.yaml"]
+    counts, _ = plan(tmp_path, [DEMO, *overlays])
+    cfg = _merge(_merge(load(DEMO), load(overlays[0])), load(overlays[1]))
+    sweep = cfg["ablation"]["overfit"]
+    runs = 3 * 6  # (2 base-to-new datasets + 1 all-class source run) x 6 methods, seed 1
+    assert counts["train"] == runs
+    # settings run base-to-new only: 2 datasets each
+    assert counts["overfit"] == runs + 2 * sum(len(e["methods"]) for e in sweep)
+    chosen = cfg["overfit"]["per_method"]
+    for entry in sweep:  # a method's chosen weight is its default row, never a setting again
+        for method in entry["methods"]:
+            assert entry["kl_weight"] != chosen.get(method, {}).get("kl_weight", 0.0)
+
+
 def test_default_profile_plans(tmp_path):
     res = run(
         [
