@@ -1,7 +1,8 @@
 # Backbone: fetch the configured open_clip weights once into the cache (a local rule, the only
-# step that touches the network: on a cluster it runs on the login node), or regenerate the demo's tiny CLIP by contrastive pretraining on captioned images drawn
-# procedurally from the world (only when backbone.pretrained is "pretrain"; otherwise the
-# backbone is the shipped checkpoint, an open_clip tag or a checkpoint path, and no job makes it).
+# step that touches the network: on a cluster it runs on the login node), or regenerate the
+# demo's tiny CLIP by contrastive pretraining on captioned images drawn procedurally from the
+# world (only when backbone.pretrained is "pretrain"; otherwise the backbone is the shipped
+# checkpoint, an open_clip tag or a checkpoint path, and no job makes it).
 # Pretraining reads only the world's label space and image size (PRETRAIN_WORLD_KEYS), not the
 # downstream datasets, so it neither waits for `prepare` nor reruns when e.g. the cast changes.
 

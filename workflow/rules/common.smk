@@ -319,10 +319,11 @@ def method_json(method):
 # data/templates.py, the method registry methods/__init__.py). A change there would rerun the
 # whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
 # pinned by unit tests (e.g. prefix sharing and the truncated text encoder are exact); after a
-# change there that does alter results, force the affected rules with `snakemake -R <rule>`. A method counts as its module pdiff/methods/<name>.py
-# plus the pdiff/methods modules it imports (base.py, text.py, ...), so editing maple.py retrains
-# MaPLe runs only, and editing text.py every textual method and zero-shot CLIP. fetch_weights has
-# no fingerprint: it only downloads weights. Only `*.py` files count; paths are relative to the
+# change there that does alter results, force the affected rules with `snakemake -R <rule>`.
+# A method counts as its module pdiff/methods/<name>.py plus the pdiff/methods modules it
+# imports (base.py, text.py, ...), so editing maple.py retrains MaPLe runs only, and editing
+# text.py every textual method and zero-shot CLIP. fetch_weights has no fingerprint: it only
+# downloads weights. Only `*.py` files count; paths are relative to the
 # repository root (the Snakefile's folder); folders are hashed recursively in sorted order.
 # ---------------------------------------------------------------------------------------------
 
@@ -374,7 +375,7 @@ def train_fingerprint(wildcards):
 
 
 def data_root(wildcards):
-    """The data root for --data-root (a function: a hardcoded prefix of an input trips the linter)."""
+    """The data root for --data-root (a function: a hardcoded input prefix trips the linter)."""
     return DATA_ROOT
 
 
