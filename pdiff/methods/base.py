@@ -52,10 +52,11 @@ class Inputs:
 
 @dataclass
 class Anchor:
-    """An optional regulariser of per-sample overfitting (`overfit.kl_weight`): frozen CLIP's
-    zero-shot log-probabilities of the batch [B, C] and the weight of KL(zero-shot || prompted),
-    added to each sample's loss. It keeps every overfitted prompt near what frozen CLIP predicts,
-    as PromptSRC's and KgCoOp's own regularisers do for theirs."""
+    """A weighted KL(reference || prompted) per sample, from the reference's log-probabilities
+    [B, C]. With frozen CLIP's zero-shot prediction as reference it is the optional regulariser
+    of per-sample overfitting (`overfit.kl_weight`), keeping every overfitted prompt near what
+    frozen CLIP predicts, as PromptSRC's and KgCoOp's own regularisers do for theirs (PromptSRC's
+    KL term is one too)."""
 
     log_probs: torch.Tensor
     weight: float

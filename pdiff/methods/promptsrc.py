@@ -73,14 +73,14 @@ class PromptSRC(ContextMethod):
         scale = self.backbone.logit_scale
         logits = scale * cosine(image, text)
         frozen_image = self.condition(inputs)
-        zs_logits = scale * frozen_image @ self.frozen_text.T
         p = self.params
-        kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(zs_logits, -1),
-                      reduction="none", log_target=True).mean(-1)
+        # KL to the ensemble's zero-shot logits, averaged over classes as PromptSRC does
+        ensemble = Anchor(F.log_softmax(scale * frozen_image @ self.frozen_text.T, -1),
+                          p.get("kl_weight", 1.0) / logits.shape[-1])
         loss = (F.cross_entropy(logits, labels, reduction="none")
                 + p.get("text_weight", 25.0) * (text - self.frozen_text).abs().mean((-2, -1))
                 + p.get("image_weight", 10.0) * (image - frozen_image).abs().mean(-1)
-                + p.get("kl_weight", 1.0) * kl)
+                + ensemble.penalty(logits))
         return anchored(loss, logits, anchor)
 
     # --- Gaussian prompt aggregation over epochs ---------------------------------------------
