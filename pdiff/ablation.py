@@ -4,7 +4,8 @@ Ablation: one row per (method, setting) of prompt diffusion.
 
 Every setting differs from the defaults in one stage (overfit, diffusion or sampling), so each
 row answers "what does this one choice do". Rows carry mean ± standard error over seeds of the
-base-to-new average (or, without base-to-new, of the transfer averages), the cost per image,
+headline number of each protocol the settings ran on (base-to-new base/new/HM, the transfer
+averages), the cost per image,
 the calibration error and, where the store was given to evaluation, the memorisation ratio.
 Diagnosis: per method, how well generated prompts follow the true per-sample deltas on images
 held out of DiT training, how close they come to copying the store, and calibration.
@@ -46,13 +47,19 @@ def variants_of(index: dict[Key, dict], method: str) -> list[str]:
     return [DEFAULT] * (DEFAULT in found) + sorted(found - {DEFAULT})
 
 
+#: The headline number of each protocol, the column the best setting is chosen by.
+HEADLINE = {"base2new": "hm", "cross_dataset": "cross_dataset",
+            "domain_generalization": "domain_generalization"}
+
+
 def _score(row: Row, protocols: dict, seeds, acc: _Lookup) -> dict[str, Any]:
-    """Headline numbers of one row: base/new/HM of base-to-new, else transfer averages."""
+    """Headline numbers of one row on each of `protocols` (the ones the settings ran on):
+    base/new/HM of base-to-new, the average accuracy of each transfer protocol."""
+    out: dict[str, Any] = {}
     if "base2new" in protocols:
         datasets = list(protocols["base2new"]["datasets"])
         avg = _base2new([row], seeds, datasets, acc)[0]["average"]
-        return {k: avg[k] for k in ("base", "base_se", "new", "new_se", "hm", "hm_se")}
-    out = {}
+        out |= {k: avg[k] for k in ("base", "base_se", "new", "new_se", "hm", "hm_se")}
     for protocol in ("cross_dataset", "domain_generalization"):
         if protocol in protocols:
             spec = protocols[protocol]
@@ -100,12 +107,12 @@ def write_ablation(out_dir: Path, rows: list[dict]) -> None:
     keys = [k for k in rows[0] if k not in ("method", "mode", "label", "setting")] if rows else []
     _write_csv(out_dir / "ablation.csv", ["method", "mode", "setting", *keys],
                [[r["method"], r["mode"], r["setting"], *[r[k] for k in keys]] for r in rows])
-    headline = ["base", "new", "hm"] if rows and "hm" in rows[0] else [
-        k for k in keys if k in ("cross_dataset", "domain_generalization")]
-    header = ["Method", "Setting", *[h.replace("_", " ").capitalize() if h != "hm" else "HM"
-                                     for h in headline],
+    columns = [k for k in ("base", "new", *HEADLINE.values()) if k in keys]
+    headline = [k for k in HEADLINE.values() if k in keys]
+    header = ["Method", "Setting", *[_name(h).capitalize() if h != "hm" else "HM"
+                                     for h in columns],
               "ms / image", "NFE", "ECE", "Memorisation"]
-    table = [[r["label"], r["setting"], *[_fmt(r[h], r.get(f"{h}_se")) for h in headline],
+    table = [[r["label"], r["setting"], *[_fmt(r[h], r.get(f"{h}_se")) for h in columns],
               f"{1e3 * r['seconds_per_image']:.2f}", _fmt(r["nfe"]), _fmt(r["ece"]),
               _fmt(r["memorisation"])] for r in rows]
     text = [
@@ -117,21 +124,21 @@ def write_ablation(out_dir: Path, rows: list[dict]) -> None:
         "stored training prompt over the store's own nearest-neighbour distance (0 = copies).\n",
         md_table(header, table),
     ]
-    best = best_settings(rows, headline[-1]) if headline else []
+    best = [b for metric in headline for b in best_settings(rows, metric)]
     if best:
         text += [
             "## Best setting per method\n",
-            f"The setting with the highest {_name(headline[-1])} per method, against the host "
-            "method (one stage changed at a time; combining the best settings is a separate "
-            "run).\n",
+            f"The setting with the highest {' / '.join(map(_name, headline))} per method, "
+            "against the host method (one stage changed at a time; combining the best "
+            "settings is a separate run).\n",
             md_table(
-                ["Method", "Best setting", "Prompt diffusion", "Host", "Δ"],
-                [[b["label"], b["setting"], _fmt(b["value"], b["se"]), _fmt(b["host"]),
-                  f"{b['value'] - b['host']:+.2f}"] for b in best],
+                ["Method", "Measure", "Best setting", "Prompt diffusion", "Host", "Δ"],
+                [[b["label"], _name(b["metric"]), b["setting"], _fmt(b["value"], b["se"]),
+                  _fmt(b["host"]), f"{b['value'] - b['host']:+.2f}"] for b in best],
             ),
         ]
     _write_text(out_dir / "ablation.md", "\n".join(text))
-    _ode_figure(out_dir / "figures" / "ode_steps.png", rows, headline[-1])
+    _ode_figure(out_dir / "figures" / "ode_steps.png", rows, headline[0])
 
 
 def _name(metric: str) -> str:
@@ -146,7 +153,8 @@ def best_settings(rows: list[dict], metric: str) -> list[dict]:
         diff = [r for r in rows if r["method"] == method and r["mode"] == "diffusion"]
         if host and diff:
             top = max(diff, key=lambda r: r[metric])
-            out.append({"method": method, "label": top["label"], "setting": top["setting"],
+            out.append({"method": method, "label": top["label"], "metric": metric,
+                        "setting": top["setting"],
                         "value": top[metric], "se": top.get(f"{metric}_se"),
                         "host": host[0][metric]})
     return out
@@ -179,7 +187,7 @@ def _ode_figure(path: Path, rows: list[dict], metric: str) -> None:
         base = next(r for r in rows if r["method"] == method and r["mode"] == "baseline")
         ax_steps.axhline(base[metric], linestyle=":", linewidth=1,
                          color=ax_steps.lines[-1].get_color())
-    title = "HM" if metric == "hm" else metric.replace("_", " ")
+    title = _name(metric)
     ax_steps.set(xscale="log", xlabel=f"ODE steps ({solver or 'default solver'})", ylabel=title,
                  title=f"{title} vs sampling steps (dotted: baseline)")
     ax_time.set(xlabel="ms per test image", ylabel=title, title=f"{title} vs cost, all settings")

@@ -210,6 +210,19 @@ def _index(inputs: Iterable[Path]) -> dict[Key, dict]:
     return index
 
 
+def ablation_protocols(params: dict, protocols: dict) -> list[str]:
+    """The protocols the ablation settings were run on (`ablation_protocols` in the params;
+    default: base-to-new, else the transfer protocols), each a configured one."""
+    default = ["base2new"] if "base2new" in protocols else [
+        p for p in ("cross_dataset", "domain_generalization") if p in protocols]
+    chosen = list(params.get("ablation_protocols") or default)
+    off = [p for p in chosen if p not in protocols]
+    if off:
+        raise PdiffError(f"report --params: ablation_protocols {off} are not among the "
+                         f"protocols {sorted(protocols)}")
+    return chosen
+
+
 def _check_params(params: dict) -> tuple[dict, list[str], list[int], bool]:
     if not isinstance(params, dict):
         raise PdiffError("report --params must be a JSON object")
@@ -677,10 +690,12 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     """Write the protocol tables, figures and summary.json under `out_dir`.
 
     `params` = {"protocols": config.protocols, "methods": config.methods, "seeds": config.seeds,
-    "reference": config.report.reference}. Raises PdiffError naming the file for a missing or
-    malformed input, and listing every evaluation the protocols need that is not among `inputs`.
+    "reference": config.report.reference, "ablation_protocols": [...] (optional)}. Raises
+    PdiffError naming the file for a missing or malformed input, and listing every evaluation
+    the protocols need that is not among `inputs`.
     """
     protocols, methods, seeds, reference = _check_params(params)
+    ablated = {p: protocols[p] for p in ablation_protocols(params, protocols)}
     out_dir = Path(out_dir)
     index = _index(Path(p) for p in inputs)
     acc = _Lookup(index)
@@ -717,7 +732,7 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
         summary["underfit_dits"] = underfit
     if any(k[-1] != DEFAULT for k in index):  # prompt diffusion evaluated in other settings
 
-        settings = ablation.ablation_rows(index, protocols, methods, seeds)
+        settings = ablation.ablation_rows(index, ablated, methods, seeds)
         ablation.write_ablation(out_dir, settings)
         summary["ablation"] = settings
         used |= {k for k in index if k[-1] != DEFAULT}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,24 @@ def test_cls_loss_receives_decoded_prompts() -> None:
 
     fit_diffusion(store, _params(steps=3, batch_size=8, cls_weight=0.5), seed=0, cls_loss=cls_loss)
     assert calls == [((8, T, D), (8,), (8, F), True)] * 3
+
+
+def test_cls_batch_puts_that_many_rows_of_each_batch_in_the_cls_term() -> None:
+    # Rows keep their labels and features: label i is row i's, so the features name the rows.
+    store = replace(_store(n=16), labels=np.arange(16, dtype=np.int64))
+    rows: list[Tensor] = []
+
+    def cls_loss(prompts: Tensor, labels: Tensor, feats: Tensor) -> Tensor:
+        assert prompts.shape == (3, T, D)
+        assert torch.equal(feats, torch.as_tensor(store.features)[labels])
+        rows.append(labels)
+        return prompts.pow(2).mean()
+
+    fit_diffusion(store, _params(steps=4, batch_size=8, cls_weight=0.5, cls_batch=3), seed=0,
+                  cls_loss=cls_loss)
+    assert len(rows) == 4 and len({tuple(r.tolist()) for r in rows}) == 4  # a new draw per step
+    with pytest.raises(PdiffError, match="cls_batch"):
+        fit_diffusion(store, _params(cls_weight=0.5, cls_batch=0), seed=0, cls_loss=cls_loss)
 
 
 def test_same_seed_same_weights() -> None:

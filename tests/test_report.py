@@ -289,25 +289,37 @@ def test_md_table_renders_by_hand():
     assert text.splitlines() == ["| Method | A |", "|:---|---:|", "| x\\|y | 1.00 |"]
 
 
+def _variant_inputs(tmp_path: Path, variant: tuple[str, str], steps: int, shift: float,
+                    transfer: bool = False) -> list[Path]:
+    """CoOp + prompt diffusion evaluated in one other setting, every accuracy `shift`ed: its
+    base-to-new runs and, with `transfer`, its all-class source run."""
+    tagged = {"overfit": "default", "diffusion": "default", "sampling": "default",
+              variant[0]: variant[1]}
+    runs: dict[str, list[dict]] = {}
+    for (d, mode, s), (base, new) in B2N.items():
+        if mode == "diffusion":
+            runs[f"{d}_{s}"] = [_eval(mode, "coop", d, "base", s, d, split, a + shift)
+                                for split, a in (("base", base), ("new", new))]
+    for (t, mode, s), a in TRANSFER.items():
+        if transfer and mode == "diffusion":
+            runs.setdefault(f"tr_{s}", []).append(
+                _eval(mode, "coop", "shapes", "all", s, t, "all", a + shift))
+    paths = []
+    for name, records in runs.items():
+        for r in records:
+            r["sampling"] = {"solver": "euler", "steps": steps, "draws": 1}
+            r["variant"] = tagged
+        path = tmp_path / "evals" / f"abl_{variant[0]}_{name}.json"
+        path.write_text(json.dumps({"evaluations": records}))
+        paths.append(path)
+    return paths
+
+
 def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     """Evaluations in other settings (one stage changed) leave the protocol tables alone."""
     paths = _write_inputs(tmp_path)
-    extra = []
-    for variant, steps, shift in ((("sampling", "steps=1"), 1, -10.0),
-                                  (("overfit", "steps=10"), 5, 2.0)):
-        for (d, mode, s), (base, new) in B2N.items():
-            if mode != "diffusion":
-                continue
-            recs = []
-            for split, a in (("base", base), ("new", new)):
-                r = _eval(mode, "coop", d, "base", s, d, split, a + shift)
-                r["sampling"] = {"solver": "euler", "steps": steps, "draws": 1}
-                r["variant"] = {"overfit": "default", "diffusion": "default",
-                                "sampling": "default", variant[0]: variant[1]}
-                recs.append(r)
-            path = tmp_path / "evals" / f"abl_{variant[0]}_{d}_{s}.json"
-            path.write_text(json.dumps({"evaluations": recs}))
-            extra.append(path)
+    extra = [*_variant_inputs(tmp_path, ("sampling", "steps=1"), 1, -10.0),
+             *_variant_inputs(tmp_path, ("overfit", "steps=10"), 5, 2.0)]
     out = tmp_path / "report"
     make_report(paths + extra, PARAMS, out)
     plain = tmp_path / "plain"
@@ -367,3 +379,28 @@ def test_a_dit_that_did_not_learn_its_store_is_named(tmp_path, caplog):
     (underfit,) = json.loads((out / "summary.json").read_text())["underfit_dits"]
     assert underfit["train_cosine"] == -0.27 and underfit["method"] == "coop"
     assert "does not reproduce its training prompts" in caplog.text
+
+
+def test_ablation_on_the_transfer_protocols_adds_their_columns(tmp_path):
+    paths = _write_inputs(tmp_path)
+    extra = _variant_inputs(tmp_path, ("overfit", "kl_weight=0.1"), 5, -1.0, transfer=True)
+    params = {**PARAMS, "ablation_protocols": ["base2new", "cross_dataset",
+                                               "domain_generalization"]}
+    out = tmp_path / "report"
+    make_report(paths + extra, params, out)
+    rows = {(r["mode"], r["setting"]): r for r in csv.DictReader((out / "ablation.csv").open())}
+    setting, default = rows[("diffusion", "overfit: kl_weight=0.1")], rows[("diffusion", "default")]
+    for key in ("base", "new", "cross_dataset", "domain_generalization"):
+        assert float(setting[key]) == pytest.approx(float(default[key]) - 1.0)
+    # cross-dataset from shapes: icons and glyphs (5th and 6th tens), +3 for diffusion, + seed
+    assert float(default["cross_dataset"]) == pytest.approx((53 + 63) / 2 + 1.5)
+    best = (out / "ablation.md").read_text().split("## Best setting per method")[1]
+    for measure in ("HM", "cross dataset", "domain generalization"):
+        assert f"| {measure} | default |" in best
+    # settings run on base-to-new only are missing on the transfer protocols: named, not guessed
+    b2n_only = _variant_inputs(tmp_path, ("overfit", "kl_weight=0.1"), 5, -1.0)
+    with pytest.raises(PdiffError, match="on glyphs/all"):
+        make_report(paths + b2n_only, params, tmp_path / "again")
+    with pytest.raises(PdiffError, match="ablation_protocols"):
+        make_report(paths, {**params, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}},
+                    tmp_path / "bad")

@@ -274,8 +274,8 @@ def test_overfit_kl_sweep_plans_each_weight_once_per_method(tmp_path):
     sweep = cfg["ablation"]["overfit"]
     runs = 3 * 6  # (2 base-to-new datasets + 1 all-class source run) x 6 methods, seed 1
     assert counts["train"] == runs
-    # settings run base-to-new only: 2 datasets each
-    assert counts["overfit"] == runs + 2 * sum(len(e["methods"]) for e in sweep)
+    # settings run on every protocol: 2 base-to-new datasets and the transfer source each
+    assert counts["overfit"] == runs + 3 * sum(len(e["methods"]) for e in sweep)
     chosen = cfg["overfit"]["per_method"]
     for entry in sweep:  # a method's chosen weight is its default row, never a setting again
         for method in entry["methods"]:
@@ -818,6 +818,27 @@ def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path,
                     configfile=_ablation_config(tmp_path, more, "more.yaml"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert job_counts(res.stdout + res.stderr) == expected
+
+
+def test_ablation_on_transfer_adds_each_setting_on_the_source_run(ablation_run, tmp_path):
+    workdir, bindir, snakefile, _ = ablation_run
+    every = {**ABLATION, "protocols": ["base2new", "cross_dataset", "domain_generalization"]}
+    res = snakemake(workdir, "-n", "--quiet", "rules", path=bindir, snakefile=snakefile,
+                    configfile=_ablation_config(tmp_path, every, "every.yaml"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    # per method's source run: the overfit setting's store, two DiTs, three evaluations
+    assert job_counts(res.stdout + res.stderr) == {
+        "overfit": 2, "fit_diffusion": 2 * 2, "evaluate_diffusion": 3 * 2, "report": 1,
+        "all": 1}
+
+
+def test_ablation_on_a_switched_off_protocol_is_refused(tmp_path):
+    cfg = load(SMOKE)
+    cfg["protocols"]["cross_dataset"] = None
+    cfg["ablation"] = {"sampling": [{"steps": 2}], "protocols": ["cross_dataset"]}
+    res = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, cfg, "off.yaml"))
+    assert res.returncode != 0
+    assert "ablation.protocols lists ['cross_dataset']" in res.stdout + res.stderr
 
 
 def test_ablation_entry_for_an_untrained_method_is_refused(tmp_path):

@@ -57,6 +57,7 @@ OPTIONAL_PARAMS: dict[str, Any] = {
     "prediction": "v",  # vp objective only: "v" or "eps"
     "log_every": None,  # history resolution; None: about 100 points per run
     "holdout": 0.0,  # fraction of the store kept out of training (read by the fit stage)
+    "cls_batch": None,  # rows of each batch in the classification term; None: all of them
 }
 
 #: ``cls_loss(prompts [B,T,D], labels [B], features [B,F]) -> scalar``.
@@ -124,6 +125,8 @@ def _resolve_params(params: dict[str, Any]) -> dict[str, Any]:
         out[key] = params.get(key, default)
     if int(out["steps"]) < 1 or int(out["batch_size"]) < 1:
         raise PdiffError("diffusion steps and batch_size must be positive integers")
+    if out["cls_batch"] is not None and int(out["cls_batch"]) < 1:
+        raise PdiffError(f"diffusion cls_batch must be a positive integer, got {out['cls_batch']}")
     if not 0.0 <= float(out["ema"]) < 1.0:
         raise PdiffError(f"diffusion ema must be in [0, 1), got {out['ema']}")
     if out["warmup"] is None:
@@ -174,7 +177,9 @@ def fit_diffusion(
     """Train a :class:`PromptDiT` to generate the store's prompts from image features.
 
     Loss = diffusion loss + ``cls_weight * cls_loss(decode(x1_hat), labels, features)``
-    (the second term only when ``cls_weight > 0`` and ``cls_loss`` is given).
+    (the second term only when ``cls_weight > 0`` and ``cls_loss`` is given), the second on
+    the first ``cls_batch`` rows of each (randomly ordered) batch: a textual method encodes
+    every class name with every row's prompt, so this term dominates the cost.
 
     With ``resume``, the training state (network, EMA, optimiser, schedule, RNGs, batch order,
     step and history) is checkpointed every :data:`CHECKPOINT_EVERY` steps, and a run started
@@ -217,6 +222,7 @@ def fit_diffusion(
     gen = torch.Generator().manual_seed(seed)
     batches = _Batches(n, int(p["batch_size"]), gen)
     cls_weight = float(p["cls_weight"])
+    cls_rows = slice(None) if p["cls_batch"] is None else slice(int(p["cls_batch"]))
     use_cls = cls_weight > 0 and cls_loss is not None
     if cls_weight > 0 and cls_loss is None:
         log.warning("cls_weight=%g but no classification loss given: training without it",
@@ -254,7 +260,10 @@ def fit_diffusion(
         loss = per_sample.mean()
         if use_cls:
             assert cls_loss is not None
-            loss = loss + cls_weight * cls_loss(normaliser.decode(x1_hat), labels[idx], cond)
+            rows = idx[cls_rows]
+            loss = loss + cls_weight * cls_loss(
+                normaliser.decode(x1_hat[cls_rows]), labels[rows], cond[cls_rows]
+            )
         value = float(loss.detach())
         if not math.isfinite(value):
             raise PdiffError(

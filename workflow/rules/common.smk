@@ -76,6 +76,13 @@ def check_config(cfg):
                 "all-class source run (ImageNet in the paper), so give them the same source."
             )
 
+    off = set(cfg.get("ablation", {}).get("protocols", [])) - set(protocols)
+    if off:
+        raise WorkflowError(
+            f"config: ablation.protocols lists {sorted(off)}, which `protocols` switches off; "
+            f"list only configured protocols ({', '.join(protocols)})."
+        )
+
     diffusion = cfg["diffusion"]
     if diffusion["width"] % diffusion["heads"]:
         raise WorkflowError(
@@ -233,6 +240,22 @@ STAGE_KEYS = {
     )
 }
 check_variants()
+
+# The protocols the settings are compared on (`ablation.protocols`; default: base-to-new, else
+# the transfer protocols). Cross-dataset and DG share the all-class source run, whose one
+# evaluation job covers every transfer target.
+TRANSFER = ("cross_dataset", "domain_generalization")
+ABLATION_PROTOCOLS = config.get("ablation", {}).get("protocols") or (
+    ["base2new"] if "base2new" in PROTOCOLS else [p for p in TRANSFER if p in PROTOCOLS]
+)
+
+
+def ablated(classes):
+    """Whether the settings are compared on the runs training on `classes` (base or all)."""
+    if classes == "base":
+        return "base2new" in ABLATION_PROTOCOLS
+    return any(p in ABLATION_PROTOCOLS for p in TRANSFER)
+
 
 # (overfit, diffusion, sampling) variants whose diffusion evaluation the report shows: the
 # defaults, then each variant with the other two stages at their defaults.
@@ -482,9 +505,7 @@ def report_inputs(wildcards=None):
         for s in SEEDS:
             for d, classes in runs:
                 paths.append(eval_path(d, m, classes, s, "baseline"))
-                # ablations on the base-to-new runs (the transfer runs where there are none)
-                ablate = classes == "base" or "base2new" not in PROTOCOLS
-                combos = COMBOS if ablate else COMBOS[:1]
+                combos = COMBOS if ablated(classes) else COMBOS[:1]
                 paths += [
                     eval_path(d, m, classes, s, "diffusion", c)
                     for c in combos

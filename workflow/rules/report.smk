@@ -26,6 +26,7 @@ rule report:
                 "protocols": config["protocols"],
                 "methods": config["methods"],
                 "seeds": config["seeds"],
+                "ablation_protocols": ABLATION_PROTOCOLS,
                 "reference": config["report"]["reference"],
             }
         ),
