@@ -103,7 +103,7 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
                   data_root: str, dataset: dict, split: str, params: dict, seed: int,
                   stored: torch.Tensor | None = None) -> dict:
     spec = DatasetSpec.from_dict(dataset)
-    splits = read_split(data_root, spec)
+    splits = read_split(data_root, spec, with_train=False)
     (test,) = subsample_classes(splits.test, subsample=split)
     classnames = class_subset(splits.classnames, split)
     if method is None:  # zero-shot: the target dataset's own template

@@ -114,7 +114,7 @@ def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, d
     gen = set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
     spec = DatasetSpec.from_dict(dataset)
-    splits = read_split(data_root, spec)
+    splits = read_split(data_root, spec, with_train=False)
     draw = load_fewshot(fewshot)
     train_data, val_data = subsample_classes(fewshot_data(draw, "train"),
                                              fewshot_data(draw, "val"), subsample=classes)

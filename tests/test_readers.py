@@ -75,6 +75,19 @@ def test_imagenet_val_is_test_and_labels_follow_sorted_folders(tmp_path):
     assert [d.label for d in splits.train] == [0, 0, 1, 1]
 
 
+def test_imagenet_without_train_lists_no_training_image(tmp_path):
+    """Training and evaluation read class names and test images only: an unreadable train
+    class folder does not stop them (check-data and the few-shot draw still list it)."""
+    build_tree(tmp_path, "ImageNet")
+    full = read_split(tmp_path, "ImageNet")
+    for image in (tmp_path / "imagenet/images/train/n01440764").iterdir():
+        image.unlink()
+    lean = read_split(tmp_path, "ImageNet", with_train=False)
+    assert lean.train == [] and lean.test == full.test and lean.classnames == full.classnames
+    with pytest.raises(PdiffError, match="n01440764 of dataset 'ImageNet' holds no images"):
+        read_split(tmp_path, "ImageNet")
+
+
 def test_imagenet_a_r_use_their_own_classes(tmp_path):
     build_tree(tmp_path, "ImageNetA")
     splits = read_split(tmp_path, "ImageNetA")

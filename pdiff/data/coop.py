@@ -346,14 +346,19 @@ def read_split_json(root: Path, spec: DatasetSpec) -> tuple[list[Datum], ...]:
 
 
 def read_split(
-    data_root: str | os.PathLike, spec: DatasetSpec | str | Mapping[str, Any]
+    data_root: str | os.PathLike,
+    spec: DatasetSpec | str | Mapping[str, Any],
+    *,
+    with_train: bool = True,
 ) -> DatasetSplits:
     """Read and validate one dataset in the format its spec names.
 
     Class names are taken from all three splits, so a class missing from one split still gets
     its name, and cleaned the way CoOp's trainers do before prompting (underscores to spaces:
     CoOp's split files keep e.g. ``"apple_pie"`` and ``"Apply_Eye_Makeup"``). Test-only
-    datasets return empty train and val lists.
+    datasets return empty train and val lists. ``with_train=False`` is for stages that need only
+    the class names and the test set: ImageNet's reader then leaves train empty instead of
+    listing 1.28M images (seconds to minutes per job on a network file system).
     """
     spec = _as_spec(spec)
     root = Path(data_root).expanduser()
@@ -369,7 +374,7 @@ def read_split(
         # Local import: the folder-layout readers build on this module.
         from pdiff.data.layouts import read_layout
 
-        train, val, test = read_layout(root, spec)
+        train, val, test = read_layout(root, spec, with_train)
         source = spec.dataset_dir(root)
     raw_names = classnames_from(train + val + test, source)
     classnames = [clean_classname(c) for c in raw_names]

@@ -116,8 +116,12 @@ def _folder_items(
     return items
 
 
-def read_imagenet(root: Path, spec: DatasetSpec) -> Splits:
-    """ImageNet: train and val class folders; val is the test set and, as in CoOp, also val."""
+def read_imagenet(root: Path, spec: DatasetSpec, with_train: bool = True) -> Splits:
+    """ImageNet: train and val class folders; val is the test set and, as in CoOp, also val.
+
+    ``with_train=False`` leaves train empty instead of listing its 1.28M images, for stages
+    that need only the class names and the test set.
+    """
     path = classnames_path(root, spec)
     names = read_classnames(path, spec)
     image_root = spec.image_root(root)
@@ -131,7 +135,7 @@ def read_imagenet(root: Path, spec: DatasetSpec) -> Splits:
             "class folders (e.g. with ImageNet's valprep.sh) and both must be complete"
         )
     classnames = _named(folders, names, path, image_root / "train")
-    train = _folder_items(image_root, "train", folders, classnames, spec)
+    train = _folder_items(image_root, "train", folders, classnames, spec) if with_train else []
     test = _folder_items(image_root, "val", folders, classnames, spec)
     return train, test, test
 
@@ -194,8 +198,9 @@ READERS: dict[str, Callable[[Path, DatasetSpec], Splits]] = {
 }
 
 
-def read_layout(root: Path, spec: DatasetSpec) -> Splits:
-    """Train, val and test of a dataset in one of the folder layouts (not ``split_json``)."""
+def read_layout(root: Path, spec: DatasetSpec, with_train: bool = True) -> Splits:
+    """Train, val and test of a dataset in one of the folder layouts (not ``split_json``);
+    ``with_train=False`` lets the ImageNet reader skip its training images."""
     if spec.format not in READERS:
         raise PdiffError(
             f"dataset {spec.name!r}: format {spec.format!r} has no folder-layout reader; "
@@ -203,6 +208,8 @@ def read_layout(root: Path, spec: DatasetSpec) -> Splits:
         )
     if not spec.dataset_dir(root).is_dir():
         raise _missing(spec.dataset_dir(root), "dataset folder", spec)
+    if spec.format == "imagenet":
+        return read_imagenet(root, spec, with_train)
     return READERS[spec.format](root, spec)
 
 
