@@ -395,8 +395,11 @@ def test_ablation_on_the_transfer_protocols_adds_their_columns(tmp_path):
     # cross-dataset from shapes: icons and glyphs (5th and 6th tens), +3 for diffusion, + seed
     assert float(default["cross_dataset"]) == pytest.approx((53 + 63) / 2 + 1.5)
     best = (out / "ablation.md").read_text().split("## Best setting per method")[1]
-    for measure in ("HM", "cross dataset", "domain generalization"):
+    for measure in ("HM", "cross dataset", "domain generalization", "mean of the protocols"):
         assert f"| {measure} | default |" in best
+    mean = (float(default["hm"]) + float(default["cross_dataset"])
+            + float(default["domain_generalization"])) / 3
+    assert float(default["mean"]) == pytest.approx(mean)
     # settings run on base-to-new only are missing on the transfer protocols: named, not guessed
     b2n_only = _variant_inputs(tmp_path, ("overfit", "kl_weight=0.1"), 5, -1.0)
     with pytest.raises(PdiffError, match="on glyphs/all"):
