@@ -267,19 +267,25 @@ def test_ablation_config_plans_its_settings(tmp_path):
     assert entries("diffusion", "coop") == entries("diffusion", "vpt") + 1
 
 
-def test_overfit_kl_sweep_plans_each_weight_once_per_method(tmp_path):
-    overlays = [REPO / "config" / "all-methods.yaml", REPO / "config" / "overfit-kl.yaml"]
+def test_per_method_sweep_plans_each_setting_once_per_method_and_protocol(tmp_path):
+    overlays = [REPO / "config" / "all-methods.yaml", REPO / "config" / "per-method-sweep.yaml"]
     counts, _ = plan(tmp_path, [DEMO, *overlays])
     cfg = _merge(_merge(load(DEMO), load(overlays[0])), load(overlays[1]))
-    sweep = cfg["ablation"]["overfit"]
+    sweep = cfg["ablation"]
     runs = 3 * 6  # (2 base-to-new datasets + 1 all-class source run) x 6 methods, seed 1
+
+    def settings(stage):
+        return sum(len(e["methods"]) for e in sweep[stage])
+
     assert counts["train"] == runs
     # settings run on every protocol: 2 base-to-new datasets and the transfer source each
-    assert counts["overfit"] == runs + 3 * sum(len(e["methods"]) for e in sweep)
-    chosen = cfg["overfit"]["per_method"]
-    for entry in sweep:  # a method's chosen weight is its default row, never a setting again
-        for method in entry["methods"]:
-            assert entry["kl_weight"] != chosen.get(method, {}).get("kl_weight", 0.0)
+    assert counts["overfit"] == runs + 3 * settings("overfit")
+    assert counts["fit_diffusion"] == runs + 3 * (settings("overfit") + settings("diffusion"))
+    for stage, key in (("overfit", "kl_weight"), ("diffusion", "cls_weight")):
+        chosen = cfg[stage]["per_method"]
+        for entry in sweep[stage]:  # a method's chosen setting is its default row, not again
+            for method in entry["methods"]:
+                assert entry[key] != chosen.get(method, {}).get(key, 0.0), (method, entry)
 
 
 def test_default_profile_plans(tmp_path):
