@@ -408,6 +408,7 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
                 "methods": smoke["methods"],
                 "seeds": smoke["seeds"],
                 "reference": smoke["report"]["reference"],
+                "ablation_protocols": ["base2new"],  # the default with base-to-new
             }
             assert len(opts["inputs"]) == 1  # (one flag, many values)
     assert seen == {
