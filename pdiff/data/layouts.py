@@ -116,7 +116,7 @@ def _folder_items(
     return items
 
 
-def read_imagenet(root: Path, spec: DatasetSpec, with_train: bool = True) -> Splits:
+def read_imagenet(root: Path, spec: DatasetSpec, with_train: bool) -> Splits:
     """ImageNet: train and val class folders; val is the test set and, as in CoOp, also val.
 
     ``with_train=False`` leaves train empty instead of listing its 1.28M images, for stages
@@ -140,7 +140,7 @@ def read_imagenet(root: Path, spec: DatasetSpec, with_train: bool = True) -> Spl
     return train, test, test
 
 
-def read_wnid_folders(root: Path, spec: DatasetSpec) -> Splits:
+def read_wnid_folders(root: Path, spec: DatasetSpec, with_train: bool) -> Splits:
     """ImageNet-Sketch/-A/-R: one folder per class present, test only."""
     path = classnames_path(root, spec)
     names = read_classnames(path, spec)
@@ -152,7 +152,7 @@ def read_wnid_folders(root: Path, spec: DatasetSpec) -> Splits:
     return [], [], _folder_items(image_root, "", folders, classnames, spec)
 
 
-def read_imagenetv2(root: Path, spec: DatasetSpec) -> Splits:
+def read_imagenetv2(root: Path, spec: DatasetSpec, with_train: bool) -> Splits:
     """ImageNetV2: folder ``<i>`` holds class i of the class-name file's order, test only."""
     names = read_classnames(classnames_path(root, spec), spec)
     image_root = spec.image_root(root)
@@ -166,9 +166,10 @@ def read_imagenetv2(root: Path, spec: DatasetSpec) -> Splits:
     return [], [], _folder_items(image_root, "", folders, list(names.values()), spec)
 
 
-def read_fgvc_aircraft(root: Path, spec: DatasetSpec) -> Splits:
+def read_fgvc_aircraft(root: Path, spec: DatasetSpec, with_train: bool) -> Splits:
     """FGVCAircraft's official split files: ``<image id> <variant>`` lines; class order from
-    ``variants.txt``."""
+    ``variants.txt``. Reads every split file whatever ``with_train`` says: they are small, and
+    the class names come from all three."""
     folder = spec.dataset_dir(root)
     variants = [line for _, line in _read_lines(folder / AIRCRAFT_CLASSES, "class list", spec)]
     label_of = {c: i for i, c in enumerate(variants)}
@@ -190,7 +191,9 @@ def read_fgvc_aircraft(root: Path, spec: DatasetSpec) -> Splits:
     return train, val, test
 
 
-READERS: dict[str, Callable[[Path, DatasetSpec], Splits]] = {
+#: format -> reader(root, spec, with_train); only ImageNet's skips its training images (its
+#: class names come from the folders, which both splits must share, so nothing else changes).
+READERS: dict[str, Callable[[Path, DatasetSpec, bool], Splits]] = {
     "imagenet": read_imagenet,
     "fgvc_aircraft": read_fgvc_aircraft,
     "imagenetv2": read_imagenetv2,
@@ -200,7 +203,7 @@ READERS: dict[str, Callable[[Path, DatasetSpec], Splits]] = {
 
 def read_layout(root: Path, spec: DatasetSpec, with_train: bool = True) -> Splits:
     """Train, val and test of a dataset in one of the folder layouts (not ``split_json``);
-    ``with_train=False`` lets the ImageNet reader skip its training images."""
+    ``with_train=False`` lets a reader skip the training images (ImageNet's 1.28M)."""
     if spec.format not in READERS:
         raise PdiffError(
             f"dataset {spec.name!r}: format {spec.format!r} has no folder-layout reader; "
@@ -208,9 +211,7 @@ def read_layout(root: Path, spec: DatasetSpec, with_train: bool = True) -> Split
         )
     if not spec.dataset_dir(root).is_dir():
         raise _missing(spec.dataset_dir(root), "dataset folder", spec)
-    if spec.format == "imagenet":
-        return read_imagenet(root, spec, with_train)
-    return READERS[spec.format](root, spec)
+    return READERS[spec.format](root, spec, with_train)
 
 
 def required_paths(root: Path, spec: DatasetSpec) -> list[Path]:
