@@ -22,6 +22,7 @@ from pdiff.errors import PdiffError
 from pdiff.report import (
     DEFAULT,
     METHOD_NAMES,
+    TRANSFER,
     Key,
     Row,
     _atomic_write,
@@ -60,7 +61,7 @@ def _score(row: Row, protocols: dict, seeds, acc: _Lookup) -> dict[str, Any]:
         datasets = list(protocols["base2new"]["datasets"])
         avg = _base2new([row], seeds, datasets, acc)[0]["average"]
         out |= {k: avg[k] for k in ("base", "base_se", "new", "new_se", "hm", "hm_se")}
-    for protocol in ("cross_dataset", "domain_generalization"):
+    for protocol in TRANSFER:
         if protocol in protocols:
             spec = protocols[protocol]
             r = _transfer([row], seeds, spec["source"], list(spec["targets"]), acc)[0]

@@ -134,6 +134,7 @@ class Row:
 
 Key = tuple[str, str, Any, Any, Any, str, str, str]
 DEFAULT = "default"
+TRANSFER = ("cross_dataset", "domain_generalization")  # protocols of the all-class source run
 STAGES = ("overfit", "diffusion", "sampling")
 
 
@@ -213,8 +214,7 @@ def _index(inputs: Iterable[Path]) -> dict[Key, dict]:
 def ablation_protocols(params: dict, protocols: dict) -> list[str]:
     """The protocols the ablation settings were run on (`ablation_protocols` in the params;
     default: base-to-new, else the transfer protocols), each a configured one."""
-    default = ["base2new"] if "base2new" in protocols else [
-        p for p in ("cross_dataset", "domain_generalization") if p in protocols]
+    default = ["base2new"] if "base2new" in protocols else [p for p in TRANSFER if p in protocols]
     chosen = list(params.get("ablation_protocols") or default)
     off = [p for p in chosen if p not in protocols]
     if off:
@@ -711,7 +711,7 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     if "base2new" in protocols:
         datasets = list(protocols["base2new"]["datasets"])
         tables["base2new"] = _base2new(rows, seeds, datasets, acc)
-    for protocol in ("cross_dataset", "domain_generalization"):
+    for protocol in TRANSFER:
         if protocol in protocols:
             spec = protocols[protocol]
             tables[protocol] = _transfer(rows, seeds, spec["source"], list(spec["targets"]), acc)
@@ -763,7 +763,7 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
             series,
             f"Base-to-new, average over {len(datasets)} dataset(s)",
         )
-    for protocol in ("cross_dataset", "domain_generalization"):
+    for protocol in TRANSFER:
         if protocol in tables:
             spec = protocols[protocol]
             _write_transfer(
@@ -774,7 +774,7 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
                 "targets": list(spec["targets"]),
                 "rows": tables[protocol],
             }
-    transfer = [p for p in ("cross_dataset", "domain_generalization") if p in tables]
+    transfer = [p for p in TRANSFER if p in tables]
     if transfer:
         names = {
             "cross_dataset": "Cross-dataset (avg. over targets)",

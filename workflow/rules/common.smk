@@ -123,6 +123,7 @@ MODEL = config["backbone"]["model"]
 SHOTS = config["shots"]
 SEEDS = config["seeds"]
 PROTOCOLS = config["protocols"]
+TRANSFER = ("cross_dataset", "domain_generalization")  # share the all-class source run
 # zero-shot CLIP is no trained run: its rows come from evaluate_zeroshot whatever `methods` says.
 TRAINED_METHODS = [m for m in config["methods"] if m != "zeroshot"]
 GPU = config["gpu"]
@@ -244,7 +245,6 @@ check_variants()
 # The protocols the settings are compared on (`ablation.protocols`; default: base-to-new, else
 # the transfer protocols). Cross-dataset and DG share the all-class source run, whose one
 # evaluation job covers every transfer target.
-TRANSFER = ("cross_dataset", "domain_generalization")
 ABLATION_PROTOCOLS = config.get("ablation", {}).get("protocols") or (
     ["base2new"] if "base2new" in PROTOCOLS else [p for p in TRANSFER if p in PROTOCOLS]
 )
@@ -440,7 +440,7 @@ def transfer_targets():
     """Targets of the all-class source run: the source itself, then the cross-dataset and
     domain-generalisation targets (both protocols share one source, checked above)."""
     targets = []
-    for protocol in ("cross_dataset", "domain_generalization"):
+    for protocol in TRANSFER:
         if protocol in PROTOCOLS:
             targets += [PROTOCOLS[protocol]["source"]] + PROTOCOLS[protocol]["targets"]
     return list(dict.fromkeys(targets))
