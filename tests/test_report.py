@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from pdiff.errors import PdiffError
-from pdiff.report import _signed, harmonic_mean, make_report, md_table
+from pdiff.report import make_report
+from pdiff.report.output import md_table, signed
+from pdiff.report.protocols import harmonic_mean
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -188,7 +190,7 @@ def test_diffusion_gain_over_host_is_paired_per_seed(report):
     assert "## Prompt diffusion against its host method" in md
     verdict = "met" if gain[0]["target_met"] else "not met"
     line = next(x for x in md.splitlines() if x.startswith("| CoOp | -6.00"))
-    assert line.startswith(f"| CoOp | -6.00 ± 0.00 | +11.00 ± 0.00 | {_signed(gain[0]['hm'])}")
+    assert line.startswith(f"| CoOp | -6.00 ± 0.00 | +11.00 ± 0.00 | {signed(gain[0]['hm'])}")
     assert line.endswith(f"| {verdict} |")
 
 

@@ -745,7 +745,7 @@ AFTER_TRAIN = {
                                     "report": 1, "all": 1}),
         ("pdiff/methods/text.py", AFTER_TRAIN | {"evaluate_zeroshot": 3}),
         ("pdiff/train.py", AFTER_TRAIN),
-        ("pdiff/report.py", {"report": 1, "all": 1}),
+        ("pdiff/report/protocols.py", {"report": 1, "all": 1}),
         ("pdiff/evaluate.py", {"evaluate_baseline": 6, "evaluate_diffusion": 6,
                                "evaluate_zeroshot": 3, "report": 1, "all": 1}),
         ("pdiff/utils.py", {}),  # shared plumbing, deliberately not fingerprinted

@@ -335,7 +335,7 @@ def method_json(method):
 #   evaluate_baseline  evaluate.py
 #   evaluate_diffusion evaluate.py, diffusion/sampler.py
 #   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
-#   report             report.py, ablation.py
+#   report             report/
 #
 # Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
 # resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, data/images.py,

@@ -20,7 +20,7 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_fingerprint("pdiff/report.py", "pdiff/ablation.py"),
+        code=code_fingerprint("pdiff/report"),
         report=to_json(
             {
                 "protocols": config["protocols"],
