@@ -281,11 +281,13 @@ def test_per_method_sweep_plans_each_setting_once_per_method_and_protocol(tmp_pa
     # settings run on every protocol: 2 base-to-new datasets and the transfer source each
     assert counts["overfit"] == runs + 3 * settings("overfit")
     assert counts["fit_diffusion"] == runs + 3 * (settings("overfit") + settings("diffusion"))
-    for stage, key in (("overfit", "kl_weight"), ("diffusion", "cls_weight")):
-        chosen = cfg[stage]["per_method"]
+    for stage in ("overfit", "diffusion"):
+        shared = {k: v for k, v in cfg[stage].items() if k != "per_method"}
         for entry in sweep[stage]:  # a method's chosen setting is its default row, not again
+            setting = {k: v for k, v in entry.items() if k != "methods"}
             for method in entry["methods"]:
-                assert entry[key] != chosen.get(method, {}).get(key, 0.0), (method, entry)
+                chosen = shared | cfg[stage]["per_method"].get(method, {})
+                assert chosen | setting != chosen, (method, entry)
 
 
 def test_default_profile_plans(tmp_path):
