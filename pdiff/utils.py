@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pdiff.errors import PdiffError
+
 log = logging.getLogger("pdiff")
 
 
@@ -80,8 +82,16 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
         f.write(memoryview(data)[8 + n :])
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """The JSON in `path`; a missing or unreadable file is one PdiffError naming `what` it is
+    (e.g. "report input") and the `fix`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PdiffError(f"{what} {path} does not exist; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PdiffError(f"{what} {path} is not readable JSON ({exc}); {fix}") from None
 
 
 def keep_freed_memory() -> None:

@@ -7,7 +7,6 @@ calibration, and the list of DiTs that did not learn their store.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from pdiff.errors import PdiffError
 from pdiff.report.output import fmt, md_table, write_csv, write_text
 from pdiff.report.protocols import METHOD_NAMES
 from pdiff.report.records import DEFAULT, Key, mean, se
+from pdiff.utils import read_json
 
 # Seen cosine (generated vs true deltas on the DiT's own training images) under which a DiT is
 # reported as not having learned its store: healthy demo DiTs range 0.28 (VPT) to 0.88 (CoOp).
@@ -25,11 +25,7 @@ def load_diagnostics(paths: list[Path]) -> list[dict]:
     """The DiT diagnostics files (`pdiff fit-diffusion --diagnostics`), naming a bad one."""
     out = []
     for path in paths:
-        try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PdiffError(f"diagnostics file {path} is not readable JSON ({exc}); rerun "
-                             "`pdiff fit-diffusion --diagnostics`") from None
+        record = read_json(path, "diagnostics file", "rerun `pdiff fit-diffusion --diagnostics`")
         if not isinstance(record, dict) or "method" not in record:
             raise PdiffError(f"diagnostics file {path} holds no DiT diagnostics")
         out.append({**record, "path": str(path)})

@@ -7,13 +7,13 @@ malformed file is named in one error.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
+from pdiff.utils import read_json
 
 #: The keys every evaluation JSON carries (the contract of `pdiff evaluate`).
 REQUIRED_KEYS = (
@@ -77,12 +77,7 @@ def load_evaluation(path: Path) -> list[dict]:
     """Read and check one evaluation bundle ({"evaluations": [record, ...]}), naming the file in
     every error."""
     path = Path(path)
-    if not path.is_file():
-        raise PdiffError(f"report input {path} does not exist (run its `pdiff evaluate` first)")
-    try:
-        bundle = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PdiffError(f"report input {path} is not readable JSON: {exc}") from None
+    bundle = read_json(path, "report input", "run its `pdiff evaluate` again")
     records = bundle.get("evaluations") if isinstance(bundle, dict) else None
     if not isinstance(records, list) or not records:
         raise PdiffError(f"report input {path} holds no evaluations (expected "
