@@ -254,8 +254,20 @@ def test_missing_key_names_file(tmp_path):
 
 def test_missing_file_names_file(tmp_path):
     paths = _write_inputs(tmp_path) + [tmp_path / "nowhere" / "x_all_baseline.json"]
-    with pytest.raises(PdiffError, match="x_all_baseline.json"):
+    with pytest.raises(PdiffError, match="x_all_baseline.json does not exist; run its `pdiff"):
         make_report(paths, PARAMS, tmp_path / "report")
+
+
+def test_unreadable_inputs_name_file_and_fix(tmp_path):
+    paths = _write_inputs(tmp_path)
+    out = tmp_path / "report"
+    paths[0].write_text('{"evaluations": [')  # cut short, e.g. by a full disk
+    with pytest.raises(PdiffError, match=rf"{paths[0].name} is not readable JSON .*pdiff evaluate"):
+        make_report(paths, PARAMS, out)
+    good = _write_inputs(tmp_path / "good")
+    with pytest.raises(PdiffError, match="diagnostics file .*gone.json does not exist; rerun"):
+        make_report(good, PARAMS, out, [tmp_path / "gone.json"])
+    assert not out.exists()  # nothing written that looks finished
 
 
 def test_missing_evaluation_is_listed(tmp_path):
