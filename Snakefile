@@ -39,6 +39,7 @@ rule all:
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
 include: "workflow/rules/backbone.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/overfit.smk"

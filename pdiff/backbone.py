@@ -19,7 +19,9 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
+from torchvision.transforms import RandomHorizontalFlip
 
 from pdiff.errors import PdiffError
 
@@ -29,6 +31,7 @@ PACKAGE_DIR = Path(__file__).parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 ASSET_DIR = PACKAGE_DIR / "assets"
 SHIPPED = "shipped"
+CROP_SCALE = (0.08, 1.0)  # Dassl's random_resized_crop scale, used by every host's recipe
 
 
 @functools.cache
@@ -166,23 +169,25 @@ class Backbone:
         return self.model.logit_scale.exp().detach()
 
     # --- images -----------------------------------------------------------------------------
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [0,1] -> resized, normalised model input."""
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size),
-                                   mode="bicubic", align_corners=False).clamp(0, 1)
-        return normalise_images(self.model, images)
+    def transform(self, augment: dict | None = None):
+        """open_clip's own preprocessing for this model (PIL image -> normalised pixels): the
+        shorter side resized and centre-cropped to the model's size, its mean/std. With an
+        `augment` config, the published training augmentation instead: a random resized crop
+        (Dassl's scale, bicubic) and a horizontal flip."""
+        cfg = PreprocessCfg(**self.model.visual.preprocess_cfg)
+        if not augment:
+            return image_transform_v2(cfg, is_train=False)
+        train = image_transform_v2(cfg, is_train=True,
+                                   aug_cfg={"scale": tuple(augment.get("scale", CROP_SCALE))})
+        train.transforms.insert(1, RandomHorizontalFlip())
+        return train
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Frozen, L2-normalised image features [B, E]."""
-        out = []
-        for chunk in images.split(batch_size):
-            x = self.preprocess(chunk.to(self.device))
-            with self.autocast():
-                feats = self.model.encode_image(x)
-            out.append(F.normalize(feats.float(), dim=-1))
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim)
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Frozen, L2-normalised image features [B, E] of model inputs [B, 3, H, W]."""
+        with self.autocast():
+            feats = self.model.encode_image(pixels.to(self.device))
+        return F.normalize(feats.float(), dim=-1)
 
     # --- text -------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -209,11 +214,11 @@ class Backbone:
     def text_layers(self) -> int:
         return len(self.model.transformer.resblocks)
 
-    def encode_images_prompted(self, images: torch.Tensor, prompts: torch.Tensor | None
+    def encode_images_prompted(self, pixels: torch.Tensor, prompts: torch.Tensor | None
                                ) -> torch.Tensor:
-        """L2-normalised features of images [B,3,H,W] in [0,1] under deep visual prompts
+        """L2-normalised features of model inputs [B,3,H,W] under deep visual prompts
         [P, D, n, W] (P in {1, B}); differentiable in the prompts."""
-        feats = encode_image_prompted(self.model, self.preprocess(images), prompts)
+        feats = encode_image_prompted(self.model, pixels, prompts)
         return F.normalize(feats, dim=-1)
 
     @torch.no_grad()
@@ -226,7 +231,8 @@ class Backbone:
 
 
 def normalise_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """[B,3,H,W] in [0,1] -> the model's input normalisation (shared by pretraining and use)."""
+    """[B,3,H,W] in [0,1] -> the model's input normalisation (pretraining renders its images
+    as tensors; datasets on disk go through :meth:`Backbone.transform`)."""
     cfg = model.visual.preprocess_cfg
     mean = torch.tensor(cfg["mean"], device=images.device)[:, None, None]
     std = torch.tensor(cfg["std"], device=images.device)[:, None, None]

@@ -51,7 +51,9 @@ def _sets_arg(text: str) -> list[dict]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads; stages that read images also decode them in "
+                        "threads - 1 DataLoader workers")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -103,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _common(p)
 
+    p = sub.add_parser("features", help="cache frozen image features of a split or draw")
+    p.add_argument("--backbone", type=_json_arg, required=True)
+    _data_args(p)
+    p.add_argument("--fewshot", help="encode this draw's train and val images (default: the "
+                                     "test split, all classes)")
+    p.add_argument("--augment", type=_json_arg, help="the `augment` config (train views)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", required=True)
+    _common(p)
+
     p = sub.add_parser("train", help="learn a host method's prompt (baseline)")
     p.add_argument("--method", required=True)
     p.add_argument("--params", type=_json_arg, required=True, help="the method's config")
@@ -110,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--fewshot", required=True)
     p.add_argument("--classes", choices=["base", "new", "all"], default="all")
+    p.add_argument("--features", help="the draw's feature cache (`pdiff features --fewshot`)")
+    p.add_argument("--augment", type=_json_arg, help="the `augment` config")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     _common(p)
@@ -120,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--fewshot", required=True)
     p.add_argument("--params", type=_json_arg, required=True, help="the `overfit` config")
+    p.add_argument("--features", help="the draw's feature cache (`pdiff features --fewshot`)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     _common(p)
@@ -147,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='JSON list of {"dataset": <catalogue entry>, "split": base|new|all}')
     p.add_argument("--params", type=_json_arg, required=True,
                    help="{evaluation: ..., sampling: ...}")
+    p.add_argument("--features", type=_json_arg, default={},
+                   help='test-split feature caches by dataset name, {"name": "file.h5", ...}')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     _common(p)
@@ -164,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     # Imports are local so that `pdiff --help` stays fast and light.
     cmd = args.command
+    workers = max((args.threads or 1) - 1, 0)  # DataLoader workers decoding images
     if cmd == "prepare":
         from pdiff.data.synthetic import write_world
 
@@ -191,16 +209,22 @@ def run(args: argparse.Namespace) -> None:
 
         splits = read_split(args.data_root, DatasetSpec.from_dict(args.dataset))
         save_fewshot(args.out, draw_fewshot(splits, args.shots, args.seed))
+    elif cmd == "features":
+        from pdiff.features import features_stage
+
+        features_stage(args.backbone, args.data_root, args.dataset, args.out, args.fewshot,
+                       args.augment, args.batch_size, workers)
     elif cmd == "train":
         from pdiff.train import train
 
         train(args.method, args.params, args.backbone, args.data_root, args.dataset,
-              args.fewshot, args.classes, args.seed, args.out)
+              args.fewshot, args.classes, args.seed, args.out, features=args.features,
+              augment=args.augment, workers=workers)
     elif cmd == "overfit":
         from pdiff.overfit import overfit
 
         overfit(args.prompt, args.backbone, args.data_root, args.dataset, args.fewshot,
-                args.params, args.seed, args.out)
+                args.params, args.seed, args.out, features=args.features, workers=workers)
     elif cmd == "fit-diffusion":
         from pdiff.fit_diffusion import fit_stage
 
@@ -211,7 +235,7 @@ def run(args: argparse.Namespace) -> None:
 
         evaluate(args.mode, args.backbone, args.data_root, args.sets, args.params, args.seed,
                  args.out, prompt=args.prompt, dit=args.dit, store=args.store,
-                 variant=args.variant)
+                 variant=args.variant, features=args.features, workers=workers)
     elif cmd == "report":
         from pdiff.report import make_report
 

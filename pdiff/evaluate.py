@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
@@ -18,9 +21,9 @@ from pdiff.data import DatasetSpec, class_subset, read_split, subsample_classes
 from pdiff.diagnose import memorisation
 from pdiff.diffusion.train import load_diffusion
 from pdiff.errors import PdiffError
-from pdiff.inputs import load_inputs
+from pdiff.inputs import ImageList, image_list
 from pdiff.methods import Inputs, PromptMethod, get_method
-from pdiff.store import read_store
+from pdiff.store import read_store_rows
 from pdiff.utils import get_device, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -29,44 +32,66 @@ MODES = ("zeroshot", "baseline", "diffusion")
 MEMORISATION_CAP = 2000
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15
                                ) -> float:
-    """ECE (%) with equal-width confidence bins, as in Guo et al. (2017)."""
-    conf, pred = probs.max(-1)
-    correct = (pred == labels).float()
+    """ECE (%) with equal-width confidence bins, as in Guo et al. (2017), from each image's top
+    probability and whether its prediction was right."""
+    correct = correct.float()
     edges = torch.linspace(0, 1, bins + 1)
     ece = torch.zeros(())
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (conf > lo) & (conf <= hi)
+        sel = (confidence > lo) & (confidence <= hi)
         if sel.any():
-            ece += sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs()
+            ece += sel.float().mean() * (confidence[sel].mean() - correct[sel].mean()).abs()
     return 100.0 * float(ece)
 
 
+@dataclass
+class Predictions:
+    """What evaluation keeps per image: its top probability and whether it was right (O(N)
+    scalars, never the [N, C] probabilities), and the generated prompts of `keep` rows."""
+
+    confidence: list[torch.Tensor] = field(default_factory=list)
+    correct: list[torch.Tensor] = field(default_factory=list)
+    generated: list[torch.Tensor] = field(default_factory=list)
+    nfe: int = 0
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        conf, pred = probs.max(-1)
+        self.confidence.append(conf.cpu())
+        self.correct.append((pred == labels).cpu())
+
+
 @torch.no_grad()
-def predict(method: PromptMethod, inputs: Inputs, batch_size: int, generate=None
-            ) -> tuple[torch.Tensor, int]:
-    """Class probabilities [N, C]; `generate(cond) -> (prompts, nfe)` gives per-image prompts."""
-    probs, nfe = [], 0
-    for i in range(0, len(inputs), batch_size):
-        batch = inputs[i : i + batch_size]
+def predict(method: PromptMethod, images: ImageList, batch_size: int, generate=None,
+            keep: np.ndarray | None = None) -> Predictions:
+    """Stream `images` through the method; `generate(cond) -> (probs(batch), prompts, nfe)`
+    gives per-image prompts, of which the rows in `keep` (sorted list indices) are kept."""
+    out = Predictions()
+    for batch, labels, index in tqdm(images.batches(method.needs_images, batch_size=batch_size),
+                                     desc="evaluate", mininterval=10,
+                                     total=-(-len(images) // batch_size)):
         if generate is None:
-            probs.append(method.logits(batch, None).softmax(-1))
-        else:
-            p, n = generate(method.condition(batch))
-            probs.append(p(batch))
-            nfe = n
-    return torch.cat(probs).cpu(), nfe
+            out.add(method.logits(batch, None).softmax(-1), labels)
+            continue
+        probs, tokens, out.nfe = generate(method.condition(batch))
+        out.add(probs(batch), labels)
+        if keep is not None:
+            out.generated.append(tokens[np.isin(index.numpy(), keep)])
+    return out
 
 
 def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
              seed: int, out: str, prompt: str | None = None, dit: str | None = None,
-             store: str | None = None, variant: dict | None = None) -> list[dict]:
+             store: str | None = None, variant: dict | None = None,
+             features: dict[str, str] | None = None, workers: int = 0) -> list[dict]:
     """Evaluate one prompt (or zero-shot CLIP) on every (dataset, split) of `sets`.
 
     One job per trained run loads the backbone, the prompt and the DiT once; each set still gets
     its own full-precision record, and the bundle is written only when all sets are done.
+    `features` maps a dataset's name to its test split's feature cache.
     """
+    features = features or {}
     if mode not in MODES:
         raise PdiffError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
     if mode != "zeroshot" and not prompt:
@@ -81,27 +106,31 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
     dm = load_diffusion(dit) if mode == "diffusion" else None
     stored = None
     if store is not None and mode == "diffusion":
-        st = read_store(store, expect_method=meta["method"], expect_backbone=backbone.identity)
-        stored = torch.from_numpy(_subsample(st.prompts, seed))
+        stored = torch.from_numpy(read_store_rows(
+            store, "prompts", lambda n: _subsample(n, seed), expect_method=meta["method"],
+            expect_backbone=backbone.identity))
     records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s["dataset"],
-                             s["split"], params, seed, stored) for s in sets]
+                             s["split"], params, seed, stored, features.get(s["dataset"]["name"]),
+                             workers) for s in sets]
     if variant:  # the settings of an ablation (overfit, diffusion, sampling variant names)
         records = [{**r, "variant": variant} for r in records]
     write_json(out, {"evaluations": records})
     return records
 
 
-def _subsample(x, seed: int, cap: int = MEMORISATION_CAP):
-    """At most `cap` rows, a seeded choice: the nearest-neighbour check is quadratic."""
-    if len(x) <= cap:
-        return x
+def _subsample(n: int, seed: int, cap: int = MEMORISATION_CAP) -> np.ndarray:
+    """At most `cap` of `n` row indices, a seeded sorted choice: the nearest-neighbour check is
+    quadratic, and only these rows are ever read or kept."""
+    if n <= cap:
+        return np.arange(n)
     g = torch.Generator().manual_seed(seed)
-    return x[torch.randperm(len(x), generator=g)[:cap].sort().values.numpy()]
+    return torch.randperm(n, generator=g)[:cap].sort().values.numpy()
 
 
 def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, dm,
                   data_root: str, dataset: dict, split: str, params: dict, seed: int,
-                  stored: torch.Tensor | None = None) -> dict:
+                  stored: torch.Tensor | None = None, features: str | None = None,
+                  workers: int = 0) -> dict:
     spec = DatasetSpec.from_dict(dataset)
     splits = read_split(data_root, spec, with_train=False)
     (test,) = subsample_classes(splits.test, subsample=split)
@@ -110,20 +139,23 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
         method = get_method("zeroshot")(backbone, classnames, spec.template, {})
     else:
         method.set_classnames(classnames)
-    inputs, labels = load_inputs(data_root, spec, test, backbone, method.needs_images)
+    batch_size = params["evaluation"]["batch_size"]
+    images = image_list(backbone, data_root, spec, test, features, batch_size=batch_size,
+                        workers=workers)
 
-    generate, sampling, generated = None, None, []
+    generate, sampling, keep = None, None, None
     if dm is not None:
         sampling = params["sampling"]
         # a fresh generator per set: a set's numbers do not depend on what ran before it
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        generate = _draws(method, dm, method.layout, sampling, gen, generated)
+        generate = _draws(method, dm, method.layout, sampling, gen)
+        keep = _subsample(len(images), seed) if stored is not None else None
 
     t0 = time.time()
-    probs, nfe = predict(method, inputs, params["evaluation"]["batch_size"], generate)
+    pred = predict(method, images, batch_size, generate, keep)
     seconds = time.time() - t0
-    labels = labels.cpu()
-    correct = int((probs.argmax(-1) == labels).sum())
+    confidence, right = torch.cat(pred.confidence), torch.cat(pred.correct)
+    correct, total = int(right.sum()), len(right)
     metrics = {
         "mode": mode,
         "method": "zeroshot" if mode == "zeroshot" else meta["method"],
@@ -132,43 +164,40 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
         "seed": meta.get("seed"),
         "target": spec.name,
         "split": split,
-        "accuracy": 100.0 * correct / len(labels),
+        "accuracy": 100.0 * correct / total,
         "correct": correct,
-        "total": len(labels),
-        "ece": expected_calibration_error(probs, labels),
+        "total": total,
+        "ece": expected_calibration_error(confidence, right),
         "seconds": seconds,
-        "images_per_second": len(labels) / max(seconds, 1e-9),
-        "nfe": nfe,
+        "images_per_second": total / max(seconds, 1e-9),
+        "nfe": pred.nfe,
         "sampling": sampling,
         "backbone": backbone.identity,
     }
     if stored is not None:
         mask = method.layout.mask()
-        metrics["memorisation"] = memorisation(
-            torch.from_numpy(_subsample(torch.cat(generated).numpy(), seed)), stored, mask)
+        metrics["memorisation"] = memorisation(torch.cat(pred.generated), stored, mask)
     log.info("%s %s on %s/%s: %.2f%% (%d/%d), %.1fs", mode, metrics["method"], spec.name, split,
-             metrics["accuracy"], correct, len(labels), seconds)
+             metrics["accuracy"], correct, total, seconds)
     return metrics
 
 
-def _draws(method: PromptMethod, dm, layout, sampling: dict, gen: torch.Generator,
-           keep: list[torch.Tensor]):
+def _draws(method: PromptMethod, dm, layout, sampling: dict, gen: torch.Generator):
     """Build the per-batch generator: `draws` ODE samples per image, probabilities averaged;
-    the first draw's packed prompts are appended to `keep` (for the memorisation check)."""
+    it also returns the first draw's packed prompts (for the memorisation check)."""
 
     def generate(cond: torch.Tensor):
-        prompts, nfe = [], 0
-        for i in range(sampling["draws"]):
+        prompts, first, nfe = [], None, 0
+        for _ in range(sampling["draws"]):
             tokens, n = dm.generate(cond, solver=sampling["solver"], steps=sampling["steps"],
                                     start=sampling["start"], generator=gen)
-            if i == 0:
-                keep.append(tokens.detach().cpu())
+            first = tokens.detach().cpu() if first is None else first
             prompts.append(layout.unpack(tokens.to(cond.device)))
             nfe += n
 
         def probs(batch: Inputs) -> torch.Tensor:
             return torch.stack([method.logits(batch, p).softmax(-1) for p in prompts]).mean(0)
 
-        return probs, nfe
+        return probs, first, nfe
 
     return generate

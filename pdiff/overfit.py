@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
 from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
-from pdiff.inputs import load_inputs
+from pdiff.inputs import image_list
 from pdiff.methods import Anchor, Inputs, PromptMethod, Prompts
 from pdiff.methods.text import template_features
 from pdiff.store import open_writer
@@ -70,7 +70,8 @@ def zeroshot_anchor(method: PromptMethod, weight: float
 
 
 def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, fewshot: str,
-            params: dict, seed: int, out: str) -> None:
+            params: dict, seed: int, out: str, features: str | None = None,
+            workers: int = 0) -> None:
     set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
     method, meta = load_prompt(prompt, backbone)
@@ -78,16 +79,19 @@ def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, few
     spec = DatasetSpec.from_dict(dataset)
     (data,) = subsample_classes(fewshot_data(load_fewshot(fewshot), "train"),
                                 subsample=meta["classes"])
-    inputs, labels = load_inputs(data_root, spec, data, backbone, method.needs_images)
+    images = image_list(backbone, data_root, spec, data, features, "train", workers=workers,
+                        seed=seed)
+    if not method.needs_images:
+        images.features()  # a few-shot list: read once
     layout = method.layout
     attrs = {"method": method.name, "dataset": spec.name, "seed": seed, "overfit": params,
              "backbone": backbone.identity, "prompt_spec": layout.to_json(),
              "classes": meta["classes"]}
     writer = open_writer(
-        out, sample_ids=[d.impath for d in data], labels=labels.cpu().numpy(),
+        out,
+        sample_ids=[d.impath for d in data], labels=images.labels.numpy(),
         init_prompt=layout.pack(method.init_prompt())[0].cpu().numpy(),
-        token_shape=(layout.num_tokens, layout.token_dim), feature_dim=inputs.features.shape[1]
-        if inputs.features is not None else backbone.embed_dim,
+        token_shape=(layout.num_tokens, layout.token_dim), feature_dim=backbone.embed_dim,
         attrs=attrs, token_mask=layout.mask().numpy(),
     )
     with writer:
@@ -98,14 +102,14 @@ def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, few
         t0 = time.time()
         bs = params["batch_size"]
         anchor = zeroshot_anchor(method, params.get("kl_weight", 0.0))
-        for i in tqdm(range(0, len(pending), bs), desc="overfit", mininterval=5):
-            idx = torch.as_tensor(pending[i : i + bs], device=labels.device)
-            batch = inputs[idx]
+        batches = images.batches(method.needs_images, pending, bs)
+        for batch, labels, idx in tqdm(batches, desc="overfit", mininterval=5,
+                                       total=-(-len(pending) // bs)):
             with torch.no_grad():
                 condition = method.condition(batch)
-            prompts, before, after = overfit_batch(method, batch, labels[idx], params["steps"],
+            prompts, before, after = overfit_batch(method, batch, labels, params["steps"],
                                                    params["lr"], anchor(condition))
-            writer.write(idx.cpu().numpy(), layout.pack(prompts).cpu().numpy(),
+            writer.write(idx.numpy(), layout.pack(prompts).cpu().numpy(),
                          condition.cpu().numpy(), before.cpu().numpy(), after.cpu().numpy())
         writer.finalize()
     log.info("overfitted %d samples in %.1fs", len(pending), time.time() - t0)

@@ -34,7 +34,8 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -528,13 +529,13 @@ _DATASETS = (
 )
 
 
-def read_store(
+@contextmanager
+def _open_checked(
     path: str | os.PathLike,
-    *,
-    expect_method: str | None = None,
-    expect_backbone: Mapping[str, Any] | None = None,
-) -> PromptStore:
-    """Load a complete prompt store, checking schema, completeness and provenance.
+    expect_method: str | None,
+    expect_backbone: Mapping[str, Any] | None,
+) -> Iterator[tuple[h5py.File, dict[str, Any]]]:
+    """The open store and its attributes, after the schema, completeness and provenance checks.
 
     ``expect_backbone`` is compared on the keys ``model``, ``pretrained`` and ``sha256``
     that it sets to a non-None value (so a caller that does not know the hash can omit it).
@@ -565,35 +566,45 @@ def read_store(
             raise PdiffError(
                 f"prompt store {path} lacks datasets {missing}; rebuild it with `pdiff overfit`"
             )
+        attrs = _decode_attrs(h5.attrs)
+        done = np.asarray(h5["done"][...], dtype=bool)
+        if not done.all():
+            raise PdiffError(
+                f"prompt store {path} is incomplete ({int(done.sum())}/{done.size} rows done); "
+                "rerun `pdiff overfit` to complete it"
+            )
+        stored_method = attrs.get("method")
+        if expect_method is not None and stored_method != expect_method:
+            raise PdiffError(
+                f"prompt store {path} was built for method {stored_method}, expected "
+                f"{expect_method}; rerun `pdiff overfit` for method {expect_method}"
+            )
+        if expect_backbone is not None:
+            stored = _backbone_identity(attrs.get("backbone"))
+            expected = _backbone_identity(expect_backbone)
+            diffs = [
+                f"{k}: store {stored.get(k)!r} vs expected {v!r}"
+                for k, v in expected.items()
+                if v is not None and stored.get(k) != v
+            ]
+            if diffs:
+                raise PdiffError(
+                    f"prompt store {path} was built with a different backbone "
+                    f"({'; '.join(diffs)}); rerun `pdiff overfit` with the current backbone"
+                )
+        yield h5, attrs
+
+
+def read_store(
+    path: str | os.PathLike,
+    *,
+    expect_method: str | None = None,
+    expect_backbone: Mapping[str, Any] | None = None,
+) -> PromptStore:
+    """Load a complete prompt store, checking schema, completeness and provenance."""
+    with _open_checked(path, expect_method, expect_backbone) as (h5, attrs):
         data = {name: h5[name][...] for name in _DATASETS}
         token_mask = np.asarray(h5["token_mask"][...], dtype=bool) if "token_mask" in h5 else None
-        attrs = _decode_attrs(h5.attrs)
-
-    done = np.asarray(data["done"], dtype=bool)
-    if not done.all():
-        raise PdiffError(
-            f"prompt store {path} is incomplete ({int(done.sum())}/{done.size} rows done); "
-            "rerun `pdiff overfit` to complete it"
-        )
-    stored_method = attrs.get("method")
-    if expect_method is not None and stored_method != expect_method:
-        raise PdiffError(
-            f"prompt store {path} was built for method {stored_method}, expected "
-            f"{expect_method}; rerun `pdiff overfit` for method {expect_method}"
-        )
-    if expect_backbone is not None:
-        stored = _backbone_identity(attrs.get("backbone"))
-        expected = _backbone_identity(expect_backbone)
-        diffs = [
-            f"{k}: store {stored.get(k)!r} vs expected {v!r}"
-            for k, v in expected.items()
-            if v is not None and stored.get(k) != v
-        ]
-        if diffs:
-            raise PdiffError(
-                f"prompt store {path} was built with a different backbone ({'; '.join(diffs)}); "
-                "rerun `pdiff overfit` with the current backbone"
-            )
     ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in data["sample_ids"]]
     return PromptStore(
         prompts=np.asarray(data["prompts"], dtype=np.float32),
@@ -603,7 +614,22 @@ def read_store(
         sample_ids=ids,
         loss_before=np.asarray(data["loss_before"], dtype=np.float32),
         loss_after=np.asarray(data["loss_after"], dtype=np.float32),
-        done=done,
+        done=np.asarray(data["done"], dtype=bool),
         token_mask=token_mask,
         attrs=attrs,
     )
+
+
+def read_store_rows(
+    path: str | os.PathLike,
+    name: str,
+    select: Callable[[int], np.ndarray],
+    *,
+    expect_method: str | None = None,
+    expect_backbone: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """Rows ``select(N)`` (sorted indices) of one per-sample dataset, after the same checks as
+    :func:`read_store`: only those rows are read (h5py slices), never the whole store."""
+    with _open_checked(path, expect_method, expect_backbone) as (h5, _):
+        rows = np.asarray(select(len(h5[name])), dtype=np.int64)
+        return np.asarray(h5[name][rows], dtype=np.float32)

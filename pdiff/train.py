@@ -26,8 +26,8 @@ from pdiff.data import (
     subsample_classes,
 )
 from pdiff.errors import PdiffError
-from pdiff.inputs import load_inputs
-from pdiff.methods import Inputs, PromptMethod, get_method
+from pdiff.inputs import ImageList, image_list
+from pdiff.methods import PromptMethod, get_method
 from pdiff.resume import Resume, file_digest, rng_state, set_rng_state, tensor_digest
 from pdiff.utils import get_device, set_seed
 
@@ -56,18 +56,19 @@ def epoch_lr(epoch: int, cfg: dict) -> float:
 
 
 @torch.no_grad()
-def accuracy(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, batch: int = 512
-             ) -> float:
+def accuracy(method: PromptMethod, images: ImageList, batch: int = 512) -> float:
     correct = 0
-    for i in range(0, len(inputs), batch):
-        pred = method.logits(inputs[i : i + batch], None).argmax(-1)
-        correct += int((pred == labels[i : i + batch]).sum())
-    return 100.0 * correct / max(1, len(inputs))
+    for inputs, labels, _ in images.batches(method.needs_images, batch_size=batch):
+        correct += int((method.logits(inputs, None).argmax(-1) == labels).sum())
+    return 100.0 * correct / max(1, len(images))
 
 
-def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: dict,
-               gen: torch.Generator, resume: Resume | None = None) -> list[float]:
+def fit_prompt(method: PromptMethod, images: ImageList, cfg: dict, gen: torch.Generator,
+               resume: Resume | None = None, augment: dict | None = None) -> list[float]:
     """The training loop; returns the mean loss of every epoch.
+
+    With `augment`, each epoch sees a fresh random view of every image (a cached augmented
+    feature for methods on frozen features, a new crop and flip for the others).
 
     With `resume`, the whole training state (learnable parameters, optimiser, RNGs, history and
     the method's own aggregation state) is checkpointed after every epoch, and a run started
@@ -85,20 +86,20 @@ def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: 
         set_rng_state(state["rng"])
         start, history = int(state["epoch"]), list(state["history"])
         log.info("resuming %s training after epoch %d of %d", method.name, start, cfg["epochs"])
-    n, bs = len(inputs), cfg["batch_size"]
+    n, bs = len(images), cfg["batch_size"]
     for epoch in tqdm(range(start, cfg["epochs"]), desc=f"train {method.name}", initial=start,
                       total=cfg["epochs"], mininterval=5):
         for group in opt.param_groups:
             group["lr"] = epoch_lr(epoch, cfg)
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).numpy()
         total = 0.0
-        for i in range(0, n, bs):
-            idx = order[i : i + bs].to(labels.device)
-            loss = method.loss(inputs[idx], labels[idx])
+        for inputs, labels, _ in images.batches(method.needs_images, order, bs, augment,
+                                                draw=epoch):
+            loss = method.loss(inputs, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * len(labels)
         history.append(total / n)
         method.on_epoch_end(epoch, cfg["epochs"])
         if resume is not None:
@@ -110,7 +111,8 @@ def fit_prompt(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, cfg: 
 
 
 def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, dataset: dict,
-          fewshot: str, classes: str, seed: int, out: str) -> dict:
+          fewshot: str, classes: str, seed: int, out: str, features: str | None = None,
+          augment: dict | None = None, workers: int = 0) -> dict:
     gen = set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
     spec = DatasetSpec.from_dict(dataset)
@@ -121,24 +123,28 @@ def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, d
     classnames = class_subset(splits.classnames, classes)
     method = get_method(method_name)(backbone, classnames, spec.template,
                                      {**params, "init_seed": seed})
-    inputs, labels = load_inputs(data_root, spec, train_data, backbone, method.needs_images)
+    images = image_list(backbone, data_root, spec, train_data, features, "train",
+                        workers=workers, seed=seed)
+    if not method.needs_images and not augment:
+        images.features()  # a few-shot list: encoded (or read) once for every epoch
     # The resume key: the config, the draw, and the training images themselves (through their
-    # frozen features: a regenerated or replaced dataset gives another key).
+    # frozen features, or the cache file: a regenerated or replaced dataset gives another key).
     resume = Resume(out, {"method": method_name, "params": params,
                           "backbone": backbone.identity, "dataset": dataset,
                           "fewshot": file_digest(fewshot), "classes": classes, "seed": seed,
-                          "inputs": tensor_digest(inputs.features, labels)},
+                          "augment": augment,
+                          "inputs": file_digest(features) if features
+                          else tensor_digest(images.features(), images.labels)},
                     f"{method_name} training")
     t0 = time.time()
-    history = (fit_prompt(method, inputs, labels, params, gen, resume) if len(method.prompt)
+    history = (fit_prompt(method, images, params, gen, resume, augment) if len(method.prompt)
                else [])
     seconds = time.time() - t0
-    train_acc = accuracy(method, inputs, labels)
+    train_acc = accuracy(method, images)
     val_acc = None
     if val_data:
-        val_inputs, val_labels = load_inputs(data_root, spec, val_data, backbone,
-                                             method.needs_images)
-        val_acc = accuracy(method, val_inputs, val_labels)
+        val_acc = accuracy(method, image_list(backbone, data_root, spec, val_data, features,
+                                              "val", workers=workers, seed=seed))
     log.info("%s on %s/%s: train acc %.1f%%, val acc %s, %.1fs", method_name, spec.name,
              classes, train_acc, val_acc, seconds)
     # No wall-clock time in the checkpoint: equal runs give byte-identical files (the time is

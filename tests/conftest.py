@@ -25,14 +25,19 @@ TINY_WORLD = {"seed": 0, "image_size": 32, "cast": 0.4, "train_per_class": 4,
               "val_per_class": 2, "test_per_class": 3, "colours": 4, "objects": 2}
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> str:
+def write_checkpoint(folder: Path, seed: int = 0) -> str:
+    """A randomly initialised pdiff-tiny checkpoint (seeded) in `folder`."""
     register_model_configs()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = open_clip.create_model("pdiff-tiny", pretrained=None)
-    path = tmp_path_factory.mktemp("ckpt") / "pdiff-tiny-random.safetensors"
+    path = folder / f"pdiff-tiny-random{seed}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="session")
@@ -69,23 +74,22 @@ CUSTOM_CLASSES = ["amber kite", "teal lantern", "violet anchor", "olive compass"
 
 
 def write_custom_dataset(root: Path) -> dict:
-    """Tiny CoOp-layout dataset (split JSON + PNGs, a colour per class); its catalogue entry."""
+    """Tiny CoOp-layout dataset (split JSON + JPEGs/PNGs of varied sizes and modes, a colour
+    per class); its catalogue entry."""
     import json
 
-    from PIL import Image
+    from tests.fixture_trees import save_varied
 
     g = torch.Generator().manual_seed(0)
     split: dict[str, list] = {"train": [], "val": [], "test": []}
     for label, name in enumerate(CUSTOM_CLASSES):
-        colour = torch.rand(3, generator=g)
+        colour = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g))
         for part, n in (("train", 4), ("val", 2), ("test", 3)):
             for i in range(n):
-                pixels = (colour + 0.15 * torch.randn(32, 32, 3, generator=g)).clamp(0, 1)
-                rel = f"{name.replace(' ', '_')}/{part}_{i}.png"
-                path = root / "custom" / "images" / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((pixels * 255).byte().numpy()).save(path)
-                split[part].append([rel, label, name])
+                images = root / "custom" / "images"
+                path = save_varied(images / name.replace(" ", "_") / f"{part}_{i}", colour,
+                                   label + i)
+                split[part].append([path.relative_to(images).as_posix(), label, name])
     (root / "custom" / "split_custom.json").write_text(json.dumps(split))
     return {"folder": "custom", "split_file": "split_custom.json", "image_dir": "images",
             "template": "a photo of a {}."}

@@ -15,6 +15,26 @@ from PIL import Image
 
 from pdiff.data import KNOWN_DATASETS
 
+# Real datasets mix sizes, aspect ratios, formats and modes: (width, height, mode, format).
+VARIED = [(29, 29, "RGB", "JPEG"), (52, 28, "L", "JPEG"), (40, 75, "P", "PNG"),
+          (64, 48, "RGBA", "PNG"), (33, 61, "CMYK", "JPEG"), (90, 40, "RGB", "PNG")]
+
+
+def save_varied(path: Path, colour: tuple[int, int, int], i: int) -> Path:
+    """An image of one colour with noise, the i-th of VARIED's sizes/modes; the suffix follows
+    its format. Returns the path written."""
+    import numpy as np
+
+    w, h, mode, fmt = VARIED[i % len(VARIED)]
+    noise = np.random.default_rng(i).integers(-30, 30, (h, w, 3))
+    rgb = Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype("uint8"))
+    im = rgb.quantize(16) if mode == "P" else rgb.convert(mode)
+    path = path.with_suffix(".jpg" if fmt == "JPEG" else ".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, fmt)
+    return path
+
+
 PER_SPLIT = {"train": 2, "val": 1, "test": 1}  # images per class, list-based datasets
 TEST_ONLY = 2  # images per class, test-only datasets
 

@@ -22,12 +22,13 @@ from pdiff.data import (
     generate_fewshot,
     load_fewshot,
     load_image,
-    load_images,
     read_split,
     save_fewshot,
     subsample_classes,
 )
+from pdiff.data.images import image_loader
 from pdiff.errors import PdiffError
+from tests.fixture_trees import VARIED, save_varied
 
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]  # odd count on purpose (base 3 / new 2)
 SPEC = {"name": "Toy", "folder": "toy", "split_file": "split_zhou_Toy.json", "image_dir": "images"}
@@ -213,14 +214,50 @@ def test_templates():
 # --- images ---------------------------------------------------------------------------------
 
 
-def test_images(splits, root):
+def test_images(splits, root, backbone):
     image_root = splits.spec.image_root(root)
-    ds = ImageDataset(image_root, splits.test)
+    ds = ImageDataset(image_root, splits.test, backbone.transform())
     x, label, index = ds[3]
-    assert x.shape == (3, 8, 8) and label == 1 and index == 3
-    images = load_images(image_root, splits.test, batch_size=4)
-    assert images.shape == (10, 3, 8, 8) and images.dtype == torch.float32
-    assert torch.equal(images[3], x)
+    assert x.shape == (3, 32, 32) and label == 1 and index == 3
+    batches = list(image_loader(ds, batch_size=4))
+    pixels = torch.cat([b[0] for b in batches])
+    assert pixels.shape == (10, 3, 32, 32) and pixels.dtype == torch.float32
+    assert torch.equal(pixels[3], x)
+    assert torch.cat([b[2] for b in batches]).tolist() == list(range(10))
+
+
+def test_images_of_every_size_and_mode_batch_through_the_models_preprocessing(tmp_path,
+                                                                               backbone):
+    data = []
+    for i in range(len(VARIED)):
+        path = save_varied(tmp_path / f"img{i}", (200, 40, 90), i)
+        with Image.open(path) as im:
+            assert (im.size, im.mode) == (VARIED[i][:2], VARIED[i][2])
+        data.append(Datum(path.name, 0, "x"))
+    ds = ImageDataset(tmp_path, data, backbone.transform())
+    (pixels, _, _), = image_loader(ds, batch_size=len(data))
+    assert pixels.shape == (len(data), 3, 32, 32)
+    # open_clip's preprocessing, not a squash: the shorter side is resized, then centre-cropped
+    ref = backbone.transform()(load_image(tmp_path / data[1].impath))
+    torch.testing.assert_close(pixels[1], ref)
+    # every mode becomes RGB with the same colour (JPEG and CMYK round trips aside)
+    mean = backbone.model.visual.preprocess_cfg["mean"]
+    std = backbone.model.visual.preprocess_cfg["std"]
+    rgb = pixels[[0, 2, 3, 5]].mean((-1, -2)) * torch.tensor(std)[:, None].T + torch.tensor(mean)
+    torch.testing.assert_close(rgb, torch.tensor([[200, 40, 90]] * 4) / 255.0, atol=0.06,
+                               rtol=0)
+
+
+def test_augmentation_is_seeded_per_image_and_draw(tmp_path, backbone):
+    data = [Datum(save_varied(tmp_path / f"img{i}", (9, 99, 199), i).name, 0, "x")
+            for i in range(10)]
+    ds = ImageDataset(tmp_path, data, backbone.transform({"enabled": True}), seed=1)
+    assert torch.equal(ds[(2, 0)][0], ds[(2, 0)][0])  # same draw: same crop, in any worker
+    assert not torch.equal(ds[(2, 0)][0], ds[(2, 1)][0])  # next epoch: another crop
+    ordered = torch.cat([b[0] for b in image_loader(ds, [(i, 0) for i in range(10)], 3)])
+    workers = torch.cat([b[0] for b in image_loader(ds, [(i, 0) for i in range(10)], 4,
+                                                    workers=2)])
+    assert torch.equal(ordered, workers)
 
 
 def test_unreadable_and_missing_image(root, tmp_path):
@@ -231,4 +268,5 @@ def test_unreadable_and_missing_image(root, tmp_path):
     with pytest.raises(PdiffError, match=r"gone\.png is missing"):
         load_image(tmp_path / "gone.png")
     with pytest.raises(PdiffError, match=r"broken\.png"):
-        load_images(tmp_path, [Datum("broken.png", 0, "x")])
+        next(iter(image_loader(ImageDataset(tmp_path, [Datum("broken.png", 0, "x")],
+                                            lambda im: im))))

@@ -55,6 +55,21 @@ def inputs(backbone):
     return Inputs(backbone.encode_images(images), images)
 
 
+class InMemory:
+    """The batches interface of pdiff.inputs.ImageList over tensors already in memory."""
+
+    def __init__(self, inputs: Inputs, labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, needs_images, order=None, batch_size=None, augment=None, draw=0):
+        order = torch.arange(len(self)) if order is None else torch.as_tensor(order)
+        for idx in order.split(batch_size or len(self)):
+            yield self.inputs[idx], self.labels[idx], idx
+
+
 def random_prompts(method, b, seed=1):
     g = torch.Generator().manual_seed(seed)
     return {k: v.expand(b, *v.shape[1:]) + 0.05 * torch.randn(b, *v.shape[1:], generator=g)
@@ -178,7 +193,7 @@ def test_promptsrc_keeps_the_gaussian_average_of_its_epochs(backbone, inputs):
     m.on_epoch_end = (lambda orig: lambda e, n: (snapshots.append(
         {k: v.detach().clone() for k, v in m.prompt.items()}), orig(e, n)))(m.on_epoch_end)
     cfg = {"optimizer": "adam", "lr": 0.01, "batch_size": 5, "epochs": 3}
-    fit_prompt(m, inputs, LABELS, cfg, torch.Generator().manual_seed(0))
+    fit_prompt(m, InMemory(inputs, LABELS), cfg, torch.Generator().manual_seed(0))
     # std -> 0 puts all weight on epoch 2 (1-based): the kept prompt is that epoch's
     for k, v in m.prompt.items():
         torch.testing.assert_close(v.detach(), snapshots[1][k])

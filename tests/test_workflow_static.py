@@ -128,6 +128,9 @@ def expected_counts(cfg: dict) -> dict[str, int]:
         "prepare": int(cfg["data"]["source"] == "synthetic"),
         "pretrain": int(pretrained == "pretrain"),
         "fewshot": len({(d, s) for d, _, _, s in runs}),
+        # one feature cache per test split and per draw, whatever method or seed reads it
+        "features_test": len(set(b2n) | set(transfer)),
+        "features_fewshot": len({(d, s) for d, _, _, s in runs}),
         "train": len(runs),
         "overfit": len(runs),
         "fit_diffusion": len(runs),
@@ -191,14 +194,15 @@ def test_smoke_config_is_self_contained():
 def test_demo_plan(tmp_path):
     counts, _ = plan(tmp_path, DEMO)
     assert counts == expected_counts(load(DEMO))
-    # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked and zero-shot
-    assert sum(counts.values()) == 98
+    # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked, cached and
+    # zero-shot, 4 draws cached
+    assert sum(counts.values()) == 110
 
 
 def test_smoke_plan(tmp_path):
     counts, _ = plan(tmp_path, SMOKE)
     assert counts == expected_counts(load(SMOKE))
-    assert counts["pretrain"] == 1 and sum(counts.values()) == 42
+    assert counts["pretrain"] == 1 and sum(counts.values()) == 47
 
 
 def test_more_seeds_and_methods_plan(tmp_path):
@@ -373,6 +377,11 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
             ds = entry["dataset"]
             assert ds == {"name": ds["name"], **smoke["datasets"][ds["name"]]}
             assert entry["split"] in ("base", "new", "all")
+            cache = json.loads(opts["features"][0])[ds["name"]]
+            assert cache == f"results/smoke/features/{ds['name']}/test.h5"
+        if sub in ("train", "overfit"):
+            assert re.fullmatch(r"results/smoke/features/\w+/shots4_seed1\.h5",
+                                opts["features"][0]), argv
         if sub == "evaluate":
             mode = opts["mode"][0]
             params = json.loads(opts["params"][0])
@@ -418,6 +427,7 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
         "pretrain": 1,
         "check-data": 3,
         "fewshot": 2,
+        "features": 3 + 2,
         "train": 6,
         "overfit": 6,
         "fit-diffusion": 6,
@@ -689,6 +699,8 @@ def test_stub_run_writes_the_report(smoke_run):
                 "prepare": 1,
                 "check_data": 3,
                 "fewshot": 2,
+                "features_test": 3,
+                "features_fewshot": 2,
                 "train": 6,
                 "overfit": 6,
                 "fit_diffusion": 6,

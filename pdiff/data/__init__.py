@@ -21,7 +21,7 @@ from pdiff.data.fewshot import (
     split_by_label,
     subsample_classes,
 )
-from pdiff.data.images import ImageDataset, load_image, load_images
+from pdiff.data.images import ImageDataset, image_loader, load_image
 from pdiff.data.templates import (
     GENERIC_TEMPLATE,
     TEMPLATES,
@@ -51,7 +51,7 @@ __all__ = [
     "generate_fewshot",
     "load_fewshot",
     "load_image",
-    "load_images",
+    "image_loader",
     "read_split",
     "save_fewshot",
     "split_by_label",

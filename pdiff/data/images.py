@@ -1,17 +1,22 @@
-"""Image loading for datasets whose items are :class:`~pdiff.data.coop.Datum` objects."""
+"""Image loading: any file the readers list, streamed through a DataLoader.
+
+Nothing here holds a split's decoded images: a :class:`ImageDataset` opens one file per item
+and applies the model's own transform (open_clip's preprocessing, or the training
+augmentation), and :func:`image_loader` batches it with workers.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import to_tensor
 
 from pdiff.data.coop import Datum
 from pdiff.errors import PdiffError
@@ -22,7 +27,7 @@ Transform = Callable[[Image.Image], Any]
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully and convert it to RGB.
+    """Open an image fully and convert it to RGB, whatever its mode (L, P, RGBA, CMYK, ...).
 
     ``Image.open`` is lazy, so ``convert`` runs here to surface truncated/corrupt files now,
     with a message naming the file, rather than deep inside a DataLoader worker.
@@ -30,6 +35,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            # A palette with transparency converts through RGBA (PIL warns otherwise).
+            if im.mode == "P" and "transparency" in im.info:
+                return im.convert("RGBA").convert("RGB")
             return im.convert("RGB")
     except FileNotFoundError as e:
         raise PdiffError(
@@ -42,68 +50,49 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         ) from e
 
 
-class ImageDataset(Dataset):
-    """Images of a list of Datum under ``image_root``; items are ``(image, label, index)``.
+def item_seed(seed: int, draw: int, index: int) -> int:
+    """The RNG seed of one random transform of one image: a function of (seed, draw, index)
+    alone, so augmented pixels do not depend on worker count, batch size or order."""
+    return zlib.crc32(f"{seed}:{draw}:{index}".encode())
 
-    The index lets callers map features back to ``data`` after shuffling/batching. Without a
-    transform images become float tensors in [0, 1] (CHW).
+
+class ImageDataset(Dataset):
+    """Images of a list of Datum under ``image_root``; items are ``(pixels, label, index)``.
+
+    Indexed by ``index`` or by ``(index, draw)``: a random transform (augmentation) then runs
+    under a seed of (seed, draw, index), the same in any worker, so one draw of an epoch is
+    reproducible and the next draw differs.
     """
 
-    def __init__(
-        self,
-        image_root: str | os.PathLike,
-        data: list[Datum],
-        transform: Transform | None = None,
-    ) -> None:
+    def __init__(self, image_root: str | os.PathLike, data: Sequence[Datum],
+                 transform: Transform, seed: int = 0) -> None:
         self.image_root = Path(image_root)
         self.data = list(data)
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, draw = key if isinstance(key, tuple) else (key, 0)
         datum = self.data[index]
         image = load_image(self.image_root / datum.impath)
-        x = self.transform(image) if self.transform is not None else to_tensor(image)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, draw, index))
+            x = self.transform(image)
         return x, datum.label, index
 
 
-def load_images(
-    image_root: str | os.PathLike,
-    data: list[Datum],
-    transform: Transform | None = None,
-    batch_size: int = 256,
-    num_workers: int = 0,
-) -> torch.Tensor:
-    """Load all images of ``data`` (in order) into one ``[N, 3, H, W]`` tensor.
-
-    Meant for small datasets such as the demo's 32x32 PNGs; images must share a size, so pass a
-    resizing transform (e.g. the CLIP preprocess) for real datasets.
-    """
-    if not data:
+def image_loader(dataset: ImageDataset, order: Iterable[int | tuple[int, int]] | None = None,
+                 batch_size: int = 64, workers: int = 0) -> DataLoader:
+    """Batches of ``(pixels [B,3,H,W], labels [B], indices [B])`` in ``order`` (default: the
+    list's order); ``workers`` decode in parallel processes (the rule's threads)."""
+    if not len(dataset):
         raise PdiffError(
-            f"no images to load from {image_root}: the item list is empty; check the split "
-            "or few-shot file and the subsample setting"
+            f"no images to load from {dataset.image_root}: the item list is empty; check the "
+            "split or few-shot file and the subsample setting"
         )
-    loader = DataLoader(
-        ImageDataset(image_root, data, transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-    )
-    batches: list[torch.Tensor] = []
-    try:
-        for x, _, _ in loader:
-            batches.append(x)
-    except RuntimeError as e:
-        # default_collate's torch.stack fails when images differ in size.
-        raise PdiffError(
-            f"cannot batch images from {image_root} ({e}); they differ in size, pass a transform "
-            "that resizes them (e.g. the model's preprocess)"
-        ) from e
-    images = torch.cat(batches)
-    log.debug(
-        "loaded %d images of shape %s from %s", len(images), tuple(images.shape[1:]), image_root
-    )
-    return images
+    return DataLoader(dataset, batch_size=batch_size,
+                      sampler=list(range(len(dataset))) if order is None else list(order),
+                      num_workers=workers, persistent_workers=False)

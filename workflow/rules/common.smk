@@ -432,6 +432,26 @@ def fewshot_path(dataset, seed):
     return f"{RESULTS}/fewshot/{dataset}/shots{SHOTS}_seed{seed}.json"
 
 
+# The frozen-feature caches: one per test split and one per few-shot draw, whatever the
+# method, seed or mode that reads them.
+TEST_FEATURES = f"{RESULTS}/features/{{dataset}}/test.h5"
+FEWSHOT_FEATURES = f"{RESULTS}/features/{{dataset}}/shots{SHOTS}_seed{{seed}}.h5"
+AUGMENT = config["augment"] if config["augment"]["enabled"] else None
+
+
+def augment_arg(wildcards=None):
+    """`--augment <json>` when training augmentation is on (else nothing: the params of a
+    config without it stay as they were)."""
+    return f"--augment '{to_json(AUGMENT)}'" if AUGMENT else ""
+
+
+def test_features(sets):
+    """The test-split feature caches the evaluation of `sets` reads, by dataset name."""
+    return {
+        t: TEST_FEATURES.format(dataset=t) for t in dict.fromkeys(t for t, _ in sets)
+    }
+
+
 def run_dir(dataset, method, classes, seed):
     return f"{RESULTS}/runs/{dataset}/{method}/{classes}/seed{seed}"
 

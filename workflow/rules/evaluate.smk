@@ -12,6 +12,9 @@ rule evaluate_baseline:
         data=lambda wildcards: sets_input(
             eval_sets(wildcards.dataset, wildcards.classes)
         ),
+        features=lambda wildcards: test_features(
+            eval_sets(wildcards.dataset, wildcards.classes)
+        ).values(),
     output:
         f"{RESULTS}/runs/{RUN}/eval/baseline.json",
     log:
@@ -32,11 +35,14 @@ rule evaluate_baseline:
         sets=lambda wildcards: sets_json(
             eval_sets(wildcards.dataset, wildcards.classes)
         ),
+        features=lambda wildcards: to_json(
+            test_features(eval_sets(wildcards.dataset, wildcards.classes))
+        ),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode baseline --prompt {input.prompt:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --sets {params.sets:q} --params {params.evaluation:q}"
+        " --sets {params.sets:q} --features {params.features:q} --params {params.evaluation:q}"
         " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -49,6 +55,9 @@ rule evaluate_diffusion:
         data=lambda wildcards: sets_input(
             eval_sets(wildcards.dataset, wildcards.classes)
         ),
+        features=lambda wildcards: test_features(
+            eval_sets(wildcards.dataset, wildcards.classes)
+        ).values(),
     output:
         f"{RESULTS}/runs/{RUN}/eval/diffusion/{{ov}}/{{dv}}/{{sv}}.json",
     log:
@@ -81,12 +90,15 @@ rule evaluate_diffusion:
         sets=lambda wildcards: sets_json(
             eval_sets(wildcards.dataset, wildcards.classes)
         ),
+        features=lambda wildcards: to_json(
+            test_features(eval_sets(wildcards.dataset, wildcards.classes))
+        ),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode diffusion --prompt {input.prompt:q} --dit {input.dit:q}"
         " --store {input.store:q} --variant {params.variant:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --sets {params.sets:q} --params {params.evaluation:q}"
+        " --sets {params.sets:q} --features {params.features:q} --params {params.evaluation:q}"
         " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -94,6 +106,9 @@ rule evaluate_zeroshot:
     input:
         unpack(backbone_input),
         data=lambda wildcards: sets_input(zeroshot_sets(wildcards.dataset)),
+        features=lambda wildcards: test_features(
+            zeroshot_sets(wildcards.dataset)
+        ).values(),
     output:
         f"{RESULTS}/zeroshot/{{dataset}}.json",
     log:
@@ -112,9 +127,13 @@ rule evaluate_zeroshot:
         evaluation=to_json({"evaluation": config["evaluation"]}),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(zeroshot_sets(wildcards.dataset)),
+        features=lambda wildcards: to_json(
+            test_features(zeroshot_sets(wildcards.dataset))
+        ),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode zeroshot --backbone {params.backbone:q}"
         " --data-root {params.data_root:q} --sets {params.sets:q}"
+        " --features {params.features:q}"
         " --params {params.evaluation:q} --seed 0 --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

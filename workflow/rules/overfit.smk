@@ -7,7 +7,7 @@ rule overfit:
         unpack(backbone_input),
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
         fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
-        data=lambda wildcards: dataset_input(wildcards.dataset),
+        features=FEWSHOT_FEATURES,
     output:
         store=STORE,
     log:
@@ -32,5 +32,6 @@ rule overfit:
     shell:
         "pdiff overfit --prompt {input.prompt:q} --backbone {params.backbone:q}"
         " --data-root {params.data_root:q} --dataset {params.dataset:q}"
-        " --fewshot {input.fewshot:q} --params {params.overfit:q} --seed {wildcards.seed}"
+        " --fewshot {input.fewshot:q} --features {input.features:q}"
+        " --params {params.overfit:q} --seed {wildcards.seed}"
         " --out {output.store:q} --threads {threads} > {log:q} 2>&1"

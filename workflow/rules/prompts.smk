@@ -7,7 +7,7 @@ rule train:
     input:
         unpack(backbone_input),
         fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
-        data=lambda wildcards: dataset_input(wildcards.dataset),
+        features=FEWSHOT_FEATURES,
     output:
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
     log:
@@ -26,10 +26,12 @@ rule train:
         method=lambda wildcards: method_json(wildcards.method),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
+        augment=augment_arg(),
         data_root=data_root,
     shell:
         "pdiff train --method {wildcards.method} --params {params.method:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
         " --dataset {params.dataset:q} --fewshot {input.fewshot:q}"
-        " --classes {wildcards.classes} --seed {wildcards.seed} --out {output.prompt:q}"
+        " --classes {wildcards.classes} --features {input.features:q} {params.augment}"
+        " --seed {wildcards.seed} --out {output.prompt:q}"
         " --threads {threads} > {log:q} 2>&1"
