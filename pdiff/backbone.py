@@ -2,9 +2,10 @@
 
 A backbone is named by a JSON-able spec `{"model": <open_clip name>, "pretrained": <p>}` where
 `p` is `shipped` (the demo checkpoint inside this package), an open_clip pretrained tag
-(e.g. `openai`, resolved in the weights cache and never downloaded by compute jobs), or a path
-to a checkpoint file. Its *identity* adds the checkpoint's sha256, so every artifact records
-exactly which weights it was computed with.
+(e.g. `openai`, resolved in the weights cache and never downloaded by compute jobs), a path
+to a checkpoint file, or `random` (seeded random weights of a real architecture, for rehearsals
+only). Its *identity* adds the checkpoint's sha256 (None for random weights), so every artifact
+records exactly which weights it was computed with.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 ASSET_DIR = PACKAGE_DIR / "assets"
 SHIPPED = "shipped"
 CROP_SCALE = (0.08, 1.0)  # Dassl's random_resized_crop scale, used by every host's recipe
+RANDOM = "random"
+RANDOM_SEED = 0
 
 
 @functools.cache
@@ -65,7 +68,7 @@ def resolve_checkpoint(model: str, pretrained: str | None) -> Path | None:
             f"unknown open_clip model '{model}'; use one of open_clip.list_models() "
             f"(e.g. ViT-B-16) or pdiff's own: pdiff-tiny"
         )
-    if pretrained in (None, "", "none"):
+    if pretrained in (None, "", "none", RANDOM):
         return None
     if pretrained == SHIPPED:
         path = shipped_checkpoint(model)
@@ -324,8 +327,11 @@ def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:
     model_name, pretrained = spec["model"], spec.get("pretrained")
     path = resolve_checkpoint(model_name, pretrained)
     try:
-        model = open_clip.create_model(model_name, pretrained=str(path) if path else None,
-                                       device=device)
+        if pretrained == RANDOM:
+            model = _random_model(model_name, device)
+        else:
+            model = open_clip.create_model(model_name, pretrained=str(path) if path else None,
+                                           device=device)
     except PdiffError:
         raise
     except Exception as exc:  # open_clip raises many types for a bad file
@@ -346,6 +352,16 @@ def load_backbone(spec: dict, device: str | torch.device = "cpu") -> Backbone:
         image_size=model.visual.image_size[0],
         amp=bool(spec.get("amp", False)),
     )
+
+
+def _random_model(model_name: str, device: str | torch.device) -> nn.Module:
+    """The architecture with weights drawn from a fixed seed, the same in every job: open_clip
+    initialises on the CPU before moving the model, so the CPU generator alone decides them.
+    Only that generator is seeded (torch.manual_seed would reseed CUDA's too), inside a fork
+    that restores the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(RANDOM_SEED)
+        return open_clip.create_model(model_name, pretrained=None, device=device)
 
 
 def check_identity(expected: dict, found: dict, what: str) -> None:

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="generate the synthetic demo world in the CoOp layout")
+    p = sub.add_parser("prepare", help="generate the demo world (world.kind synthetic, the "
+                       "default) or the rehearsal world (rehearsal: the 15 benchmark datasets)")
     p.add_argument("--params", type=_json_arg, required=True, help="the `world` config")
     p.add_argument("--data-root", required=True)
     p.add_argument("--manifest", required=True, help="JSON written last, when all is done")
@@ -183,9 +184,14 @@ def run(args: argparse.Namespace) -> None:
     cmd = args.command
     workers = max((args.threads or 1) - 1, 0)  # DataLoader workers decoding images
     if cmd == "prepare":
-        from pdiff.data.synthetic import write_world
-
-        manifest = write_world(args.data_root, args.params)
+        kind = args.params.get("kind", "synthetic")
+        if kind == "rehearsal":
+            from pdiff.data.rehearsal import write_rehearsal as write
+        elif kind == "synthetic":
+            from pdiff.data.synthetic import write_world as write
+        else:
+            raise PdiffError(f"unknown world.kind {kind!r}; use synthetic or rehearsal")
+        manifest = write(args.data_root, args.params)
         write_json(args.manifest, manifest)
     elif cmd == "pretrain":
         from pdiff.pretrain import pretrain

@@ -29,6 +29,10 @@ def yaml_safe_load(path):
 # ---------------------------------------------------------------------------------------------
 
 
+# backbone.pretrained for seeded random weights (pdiff.backbone.RANDOM)
+RANDOM_WEIGHTS = "random"
+
+
 def check_config(cfg):
     """Raise a WorkflowError naming the bad key and the fix for what the schema cannot check."""
     catalogue = cfg["datasets"]
@@ -106,6 +110,31 @@ def check_config(cfg):
             "config: backbone.pretrained is pretrain, which needs the backbone.pretrain recipe "
             "(seed, steps, batch_size, lr, weight_decay, warmup)."
         )
+    kind = cfg.get("world", {}).get("kind", "synthetic")
+    if pretrain and kind == "rehearsal":
+        raise WorkflowError(
+            "config: backbone.pretrained is pretrain, which draws its images from the demo "
+            "world, but world.kind is rehearsal; use pretrained: random or real weights instead."
+        )
+
+    if kind == "rehearsal" and cfg["world"]["min_side"] > cfg["world"]["max_side"]:
+        raise WorkflowError(
+            f"config: world.min_side ({cfg['world']['min_side']}) exceeds world.max_side "
+            f"({cfg['world']['max_side']}); give the shorter image side's range low to high."
+        )
+
+    # Random weights or fake data make a rehearsal, never a study: only a config marked so.
+    fake = []
+    if cfg["backbone"]["pretrained"] == RANDOM_WEIGHTS:
+        fake.append("backbone.pretrained is random (untrained weights)")
+    if synthetic and kind == "rehearsal":
+        fake.append("world.kind is rehearsal (fake datasets)")
+    if fake and not cfg["rehearsal"]:
+        raise WorkflowError(
+            f"config: {' and '.join(fake)} but the config is not marked `rehearsal: true`; "
+            "use real weights and data for a study, or add `rehearsal: true` for a rehearsal "
+            "(config/rehearsal.yaml)."
+        )
 
 
 check_config(config)
@@ -131,12 +160,23 @@ GPU = config["gpu"]
 # The world keys `pdiff pretrain` reads (the label space and image size; not the downstream cast,
 # seed or image counts).
 PRETRAIN_WORLD_KEYS = ("colours", "objects", "image_size")
+# The world keys the rehearsal world reads: not the demo world's, which config/config.yaml merges
+# into every overlay's `world` (a demo world, with no `kind`, is passed whole and unchanged).
+REHEARSAL_WORLD_KEYS = (
+    "kind",
+    "seed",
+    "train_per_class",
+    "val_per_class",
+    "test_per_class",
+    "min_side",
+    "max_side",
+)
 
 MANIFEST = f"{DATA_ROOT}/manifest.json"
 PRETRAINED = config["backbone"]["pretrained"]
-# An open_clip pretrained tag (e.g. openai), not shipped/pretrain or a checkpoint path: the local
-# fetch_weights rule caches it once and every compute job loads only that file.
-IS_TAG = PRETRAINED not in ("shipped", "pretrain") and not re.search(
+# An open_clip pretrained tag (e.g. openai), not shipped/pretrain/random or a checkpoint path: the
+# local fetch_weights rule caches it once and every compute job loads only that file.
+IS_TAG = PRETRAINED not in ("shipped", "pretrain", RANDOM_WEIGHTS) and not re.search(
     r"[/\\]|\.(safetensors|pt|pth|bin)$", PRETRAINED
 )
 WEIGHTS_FILE = (
@@ -315,6 +355,13 @@ def backbone_json():
     return to_json(spec)
 
 
+def world_json():
+    world = config["world"]
+    if world.get("kind") == "rehearsal":
+        world = {k: world[k] for k in REHEARSAL_WORLD_KEYS}
+    return to_json(world)
+
+
 def method_json(method):
     return to_json(config["method_params"][method])
 
@@ -324,7 +371,10 @@ def method_json(method):
 # everything downstream), like a params change. Each rule that runs pdiff code passes
 # `code=code_fingerprint(...)` among its params, naming the modules that decide its *result*:
 #
-#   prepare            data/synthetic.py                 the world's rendering
+#   prepare            data/synthetic.py                 the demo world's rendering, or for
+#                      the rehearsal world (world.kind rehearsal) data/rehearsal.py,
+#                      data/rehearsal_names.py and the layouts it writes (data/coop.py,
+#                      data/layouts.py): WORLD_MODULES
 #   pretrain           pretrain.py, data/synthetic.py    the recipe and its caption/image draws
 #   check_data         check_data.py, data/coop.py, data/layouts.py
 #   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
@@ -391,6 +441,22 @@ def method_modules(method):
             ):
                 todo.append(folder / f"{node.module.rsplit('.', 1)[1]}.py")
     return tuple(sorted(p.relative_to(root).as_posix() for p in seen))
+
+
+# The modules each kind of world is written by (a demo config has no world.kind).
+WORLD_MODULES = {
+    "synthetic": ("pdiff/data/synthetic.py",),
+    "rehearsal": (
+        "pdiff/data/rehearsal.py",
+        "pdiff/data/rehearsal_names.py",
+        "pdiff/data/coop.py",
+        "pdiff/data/layouts.py",
+    ),
+}
+
+
+def world_fingerprint():
+    return code_fingerprint(*WORLD_MODULES[config["world"].get("kind", "synthetic")])
 
 
 def train_fingerprint(wildcards):

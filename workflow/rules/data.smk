@@ -1,4 +1,5 @@
-# Data: the synthetic demo world (only when data.source is synthetic), one check per dataset
+# Data: the generated world (only when data.source is synthetic: the demo world, or with
+# world.kind rehearsal the 15 benchmark datasets with fake images), one check per dataset
 # (run first: a missing dataset, split file or image fails in seconds, naming the file) and the
 # CoOp few-shot draws. Every job that reads a dataset depends on its check.
 
@@ -19,8 +20,8 @@ if SYNTHETIC:
             mem_mb=2000,
             runtime=30,
         params:
-            code=code_fingerprint("pdiff/data/synthetic.py"),
-            world=to_json(config["world"]),
+            code=world_fingerprint(),
+            world=world_json(),
             data_root=data_root,
         shell:
             "pdiff prepare --params {params.world:q} --data-root {params.data_root:q}"
