@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fewshot", help="draw the K-shot training/validation split (CoOp)")
     _data_args(p)
     p.add_argument("--shots", type=int, required=True)
+    p.add_argument("--max-images", type=int, help="cap train and val at this many (limit)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True)
     _common(p)
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot", help="encode this draw's train and val images (default: the "
                                      "test split, all classes)")
     p.add_argument("--augment", type=_json_arg, help="the `augment` config (train views)")
+    p.add_argument("--max-images", type=int, help="the test split capped as evaluate caps it")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True)
     _common(p)
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='JSON list of {"dataset": <catalogue entry>, "split": base|new|all}')
     p.add_argument("--params", type=_json_arg, required=True,
                    help="{evaluation: ..., sampling: ...}")
+    p.add_argument("--max-images", type=int,
+                   help="evaluate a seeded subset of at most this many test images (limit)")
     p.add_argument("--features", type=_json_arg, default={},
                    help='test-split feature caches by dataset name, {"name": "file.h5", ...}')
     p.add_argument("--seed", type=int, default=0)
@@ -211,15 +215,16 @@ def run(args: argparse.Namespace) -> None:
             write_json(args.out, report)
         assert_ok(report)
     elif cmd == "fewshot":
-        from pdiff.data import DatasetSpec, draw_fewshot, read_split, save_fewshot
+        from pdiff.data import DatasetSpec, draw_fewshot, limit_draw, read_split, save_fewshot
 
         splits = read_split(args.data_root, DatasetSpec.from_dict(args.dataset))
-        save_fewshot(args.out, draw_fewshot(splits, args.shots, args.seed))
+        draw = draw_fewshot(splits, args.shots, args.seed)
+        save_fewshot(args.out, limit_draw(draw, args.max_images))
     elif cmd == "features":
         from pdiff.features import features_stage
 
         features_stage(args.backbone, args.data_root, args.dataset, args.out, args.fewshot,
-                       args.augment, args.batch_size, workers)
+                       args.augment, args.batch_size, workers, args.max_images)
     elif cmd == "train":
         from pdiff.train import train
 
@@ -241,7 +246,8 @@ def run(args: argparse.Namespace) -> None:
 
         evaluate(args.mode, args.backbone, args.data_root, args.sets, args.params, args.seed,
                  args.out, prompt=args.prompt, dit=args.dit, store=args.store,
-                 variant=args.variant, features=args.features, workers=workers)
+                 variant=args.variant, features=args.features, workers=workers,
+                 max_images=args.max_images)
     elif cmd == "report":
         from pdiff.report import make_report
 

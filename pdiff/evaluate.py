@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
 from pdiff.checkpoint import load_prompt
-from pdiff.data import DatasetSpec, class_subset, read_split, subsample_classes
+from pdiff.data import DatasetSpec, class_subset, limited, read_split, subsample_classes
 from pdiff.diagnose import memorisation
 from pdiff.diffusion.train import load_diffusion
 from pdiff.errors import PdiffError
@@ -84,7 +84,8 @@ def predict(method: PromptMethod, images: ImageList, batch_size: int, generate=N
 def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
              seed: int, out: str, prompt: str | None = None, dit: str | None = None,
              store: str | None = None, variant: dict | None = None,
-             features: dict[str, str] | None = None, workers: int = 0) -> list[dict]:
+             features: dict[str, str] | None = None, workers: int = 0,
+             max_images: int | None = None) -> list[dict]:
     """Evaluate one prompt (or zero-shot CLIP) on every (dataset, split) of `sets`.
 
     One job per trained run loads the backbone, the prompt and the DiT once; each set still gets
@@ -111,7 +112,7 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
             expect_backbone=backbone.identity))
     records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s["dataset"],
                              s["split"], params, seed, stored, features.get(s["dataset"]["name"]),
-                             workers) for s in sets]
+                             workers, max_images) for s in sets]
     if variant:  # the settings of an ablation (overfit, diffusion, sampling variant names)
         records = [{**r, "variant": variant} for r in records]
     write_json(out, {"evaluations": records})
@@ -130,10 +131,10 @@ def _subsample(n: int, seed: int, cap: int = MEMORISATION_CAP) -> np.ndarray:
 def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, dm,
                   data_root: str, dataset: dict, split: str, params: dict, seed: int,
                   stored: torch.Tensor | None = None, features: str | None = None,
-                  workers: int = 0) -> dict:
+                  workers: int = 0, max_images: int | None = None) -> dict:
     spec = DatasetSpec.from_dict(dataset)
     splits = read_split(data_root, spec, with_train=False)
-    (test,) = subsample_classes(splits.test, subsample=split)
+    (test,) = subsample_classes(limited(splits.test, max_images), subsample=split)
     classnames = class_subset(splits.classnames, split)
     if method is None:  # zero-shot: the target dataset's own template
         method = get_method("zeroshot")(backbone, classnames, spec.template, {})

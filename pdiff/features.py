@@ -147,11 +147,13 @@ class FeatureFile:
 
 def features_stage(backbone_spec: dict, data_root: str, dataset: dict, out: str,
                    fewshot: str | None = None, augment: dict | None = None,
-                   batch_size: int = 64, workers: int = 0) -> None:
-    """`pdiff features`: the test split of `dataset` (all classes), or with `fewshot` the
-    draw's train and val images (the train part with its augmented views)."""
+                   batch_size: int = 64, workers: int = 0, max_images: int | None = None
+                   ) -> None:
+    """`pdiff features`: the test split of `dataset` (all classes; at most `max_images`, the
+    subset evaluation reads), or with `fewshot` the draw's train and val images (the train
+    part with its augmented views)."""
     from pdiff.backbone import load_backbone
-    from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, read_split
+    from pdiff.data import DatasetSpec, fewshot_data, limited, load_fewshot, read_split
     from pdiff.utils import get_device
 
     spec = DatasetSpec.from_dict(dataset)
@@ -159,7 +161,8 @@ def features_stage(backbone_spec: dict, data_root: str, dataset: dict, out: str,
         draw = load_fewshot(fewshot)
         parts = {p: fewshot_data(draw, p) for p in ("train", "val")}
     else:
-        parts = {"test": read_split(data_root, spec, with_train=False).test}
+        parts = {"test": limited(read_split(data_root, spec, with_train=False).test,
+                                 max_images)}
         augment = None  # augmentation is for training images only
     parts = {k: v for k, v in parts.items() if v}
     if not parts:

@@ -86,6 +86,24 @@ def draw_fewshot(splits: DatasetSplits, num_shots: int, seed: int) -> dict[str, 
     }
 
 
+def limited(data: list[Datum], max_images: int | None, seed: int = 0) -> list[Datum]:
+    """At most `max_images` of `data`, a seeded choice kept in list order (`limit` in the
+    config: rehearsals and quick checks; the published protocols use every image)."""
+    if max_images is None or len(data) <= max_images:
+        return data
+    keep = sorted(random.Random(seed).sample(range(len(data)), max_images))
+    return [data[i] for i in keep]
+
+
+def limit_draw(draw: dict[str, Any], max_images: int | None) -> dict[str, Any]:
+    """A draw with its train and val lists capped at `max_images` each (seeded by the draw)."""
+    if max_images is None:
+        return draw
+    return {**draw, **{k: [d.to_list() for d in limited(fewshot_data(draw, k), max_images,
+                                                        draw["seed"])]
+                       for k in ("train", "val")}}
+
+
 def save_fewshot(path: str | os.PathLike, draw: dict[str, Any]) -> None:
     """Write a draw as JSON atomically (a killed job never leaves a half-written draw)."""
     validate_fewshot(draw, path)

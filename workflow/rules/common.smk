@@ -511,6 +511,12 @@ def augment_arg(wildcards=None):
     return f"--augment '{to_json(AUGMENT)}'" if AUGMENT else ""
 
 
+def limit_arg(key):
+    """`--max-images N` for the `limit` key (else nothing: params stay as they were)."""
+    n = config.get("limit", {}).get(key)
+    return f"--max-images {n}" if n else ""
+
+
 def test_features(sets):
     """The test-split feature caches the evaluation of `sets` reads, by dataset name."""
     return {

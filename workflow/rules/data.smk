@@ -76,8 +76,9 @@ rule fewshot:
             "pdiff/data/fewshot.py", "pdiff/data/coop.py", "pdiff/data/layouts.py"
         ),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
+        limit=limit_arg("train_images"),
         data_root=data_root,
     shell:
         "pdiff fewshot --data-root {params.data_root:q} --dataset {params.dataset:q}"
-        " --shots {wildcards.shots} --seed {wildcards.seed} --out {output:q}"
+        " --shots {wildcards.shots} --seed {wildcards.seed} {params.limit} --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

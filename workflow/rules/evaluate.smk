@@ -38,11 +38,13 @@ rule evaluate_baseline:
         features=lambda wildcards: to_json(
             test_features(eval_sets(wildcards.dataset, wildcards.classes))
         ),
+        limit=limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode baseline --prompt {input.prompt:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --sets {params.sets:q} --features {params.features:q} --params {params.evaluation:q}"
+        " --sets {params.sets:q} --features {params.features:q} {params.limit}"
+        " --params {params.evaluation:q}"
         " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -93,12 +95,14 @@ rule evaluate_diffusion:
         features=lambda wildcards: to_json(
             test_features(eval_sets(wildcards.dataset, wildcards.classes))
         ),
+        limit=limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode diffusion --prompt {input.prompt:q} --dit {input.dit:q}"
         " --store {input.store:q} --variant {params.variant:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --sets {params.sets:q} --features {params.features:q} --params {params.evaluation:q}"
+        " --sets {params.sets:q} --features {params.features:q} {params.limit}"
+        " --params {params.evaluation:q}"
         " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -130,10 +134,11 @@ rule evaluate_zeroshot:
         features=lambda wildcards: to_json(
             test_features(zeroshot_sets(wildcards.dataset))
         ),
+        limit=limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode zeroshot --backbone {params.backbone:q}"
         " --data-root {params.data_root:q} --sets {params.sets:q}"
-        " --features {params.features:q}"
+        " --features {params.features:q} {params.limit}"
         " --params {params.evaluation:q} --seed 0 --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -24,10 +24,11 @@ rule features_test:
         code=code_fingerprint("pdiff/features.py"),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
+        limit=limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff features --backbone {params.backbone:q} --data-root {params.data_root:q}"
-        " --dataset {params.dataset:q}"
+        " --dataset {params.dataset:q} {params.limit}"
         " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
