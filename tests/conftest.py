@@ -73,9 +73,9 @@ SMOKE = REPO / "config" / "smoke.yaml"
 CUSTOM_CLASSES = ["amber kite", "teal lantern", "violet anchor", "olive compass"]
 
 
-def write_custom_dataset(root: Path) -> dict:
+def write_custom_dataset(root: Path, counts: tuple[int, int, int] = (4, 2, 3)) -> dict:
     """Tiny CoOp-layout dataset (split JSON + JPEGs/PNGs of varied sizes and modes, a colour
-    per class); its catalogue entry."""
+    per class; `counts` images per class in train, val, test); its catalogue entry."""
     import json
 
     from tests.fixture_trees import save_varied
@@ -84,7 +84,7 @@ def write_custom_dataset(root: Path) -> dict:
     split: dict[str, list] = {"train": [], "val": [], "test": []}
     for label, name in enumerate(CUSTOM_CLASSES):
         colour = tuple(int(c) for c in torch.randint(0, 256, (3,), generator=g))
-        for part, n in (("train", 4), ("val", 2), ("test", 3)):
+        for part, n in zip(("train", "val", "test"), counts, strict=True):
             for i in range(n):
                 images = root / "custom" / "images"
                 path = save_varied(images / name.replace(" ", "_") / f"{part}_{i}", colour,
