@@ -29,6 +29,7 @@ SNAKEMAKE = str(BIN / "snakemake")
 SNAKEFMT = str(BIN / "snakefmt")
 DEMO = REPO / "config" / "config.yaml"
 SMOKE = REPO / "config" / "smoke.yaml"
+BENCHMARK = REPO / "config" / "benchmark.yaml"
 STAGES = ["data", "backbone", "prompts", "overfit", "diffusion", "evaluate", "report"]
 TIMEOUT = 600
 
@@ -323,8 +324,8 @@ def test_coop_source_plans_without_datasets(tmp_path):
 
 
 def test_benchmark_plans_the_whole_study_without_data_or_gpu(tmp_path):
-    counts, _ = plan(tmp_path, REPO / "config" / "benchmark.yaml")
-    cfg = load(REPO / "config" / "benchmark.yaml")
+    counts, _ = plan(tmp_path, BENCHMARK)
+    cfg = load(BENCHMARK)
     assert counts == expected_counts(cfg)
     # (11 base-to-new + 1 ImageNet all-class run) x 6 methods x 3 seeds
     assert counts["train"] == counts["evaluate_diffusion"] == 12 * 6 * 3
@@ -343,6 +344,56 @@ def _shell_commands(out: str) -> list[list[str]]:
     return cmds
 
 
+def _options(argv: list[str]) -> dict[str, list[str]]:
+    """A planned command's --options, each with its values."""
+    opts: dict[str, list[str]] = {}
+    for i, a in enumerate(argv):
+        if a.startswith("--"):
+            opts.setdefault(a[2:], []).append(argv[i + 1] if i + 1 < len(argv) else "")
+    return opts
+
+
+def _train_recipes(out: str) -> dict[tuple[str, str, str], dict]:
+    """(method, dataset, classes) -> the --params of its planned `pdiff train` jobs (one recipe
+    over the seeds)."""
+    recipes: dict[tuple[str, str, str], dict] = {}
+    for argv in _shell_commands(out):
+        if argv[1] == "train":
+            opts = _options(argv)
+            run = (opts["method"][0], json.loads(opts["dataset"][0])["name"],
+                   opts["classes"][0])
+            recipe = json.loads(opts["params"][0])
+            assert recipes.setdefault(run, recipe) == recipe, run
+    return recipes
+
+
+def test_benchmark_trains_each_protocol_with_its_released_recipe(tmp_path):
+    """MaPLe's ImageNet all-class run, which cross-dataset and DG evaluate, trains with MaPLe's
+    released cross-dataset config, its base-class runs with the base-to-new one; CoOp trains 200
+    epochs on base classes except on ImageNet (50), as in CoCoOp's released scripts."""
+    res = snakemake(tmp_path, "-n", "-p", configfile=BENCHMARK)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    recipes = _train_recipes(res.stdout + res.stderr)
+    maple = load(BENCHMARK)["method_params"]["maple"]
+    shared = {k: v for k, v in maple.items() if k != "per_protocol"}
+    # vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml vs vit_b16_c2_ep5_batch4_2ctx.yaml
+    assert recipes["maple", "ImageNet", "all"] == shared | {"depth": 3, "lr": 0.0026,
+                                                            "epochs": 2}
+    for dataset in ("ImageNet", "Caltech101", "EuroSAT"):
+        assert recipes["maple", dataset, "base"] == shared
+        assert shared["depth"] == 9 and shared["lr"] == 0.0035 and shared["epochs"] == 5
+    assert recipes["promptsrc", "ImageNet", "all"]["depth"] == 3
+    assert recipes["promptsrc", "ImageNet", "base"]["depth"] == 9
+    assert {run: recipe["epochs"] for run, recipe in recipes.items() if run[0] == "coop"
+            and run[1] in ("ImageNet", "OxfordPets")} == {
+        ("coop", "ImageNet", "all"): 50, ("coop", "ImageNet", "base"): 50,
+        ("coop", "OxfordPets", "base"): 200}
+    # methods whose released scripts train both protocols with one file: one recipe
+    for method in ("cocoop", "kgcoop", "vpt"):
+        assert len({json.dumps(r, sort_keys=True) for run, r in recipes.items()
+                    if run[0] == method}) == 1, method
+
+
 def test_shell_commands_follow_the_cli_contract(tmp_path):
     res = snakemake(tmp_path, "-n", "-p", configfile=SMOKE)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -352,10 +403,7 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
     for argv in cmds:
         assert argv[0] == "pdiff", argv
         sub = argv[1]
-        opts: dict[str, list[str]] = {}
-        for i, a in enumerate(argv):
-            if a.startswith("--"):
-                opts.setdefault(a[2:], []).append(argv[i + 1] if i + 1 < len(argv) else "")
+        opts = _options(argv)
         assert "threads" in opts, argv
         for k in ("params", "dataset", "backbone", "world"):
             if k in opts:
@@ -500,6 +548,14 @@ def _set(cfg: dict, dotted: str, value) -> dict:
         ("diffusion.per_method", {"vtp": {"steps": 9}}, ["diffusion.per_method", "'vtp'"]),
         ("diffusion.per_method", {"coop": {"target": "both"}},
          ["diffusion.per_method.coop", "'both'"]),
+        ("method_params.maple.per_protocol", {"transfer": {"depth": -1}},
+         ["method_params.maple.per_protocol.transfer", "minimum of 0"]),
+        ("method_params.maple.per_protocol", {"cross_dataset": {"depth": 3}},
+         ["cross_dataset", "['method_params']['maple']"]),
+        ("method_params.coop.per_dataset", {"imagenet": {"epochs": 3}},
+         ["method_params.coop.per_dataset.imagenet", "catalogue"]),
+        ("method_params.coop.per_dataset", {"shapes": {"per_protocol": {}}},
+         ["method_params.coop.per_dataset.shapes", "do not nest"]),
     ],
 )
 def test_bad_config_rejected(tmp_path, key, value, expected):
@@ -676,6 +732,15 @@ def test_stub_run_writes_the_report(smoke_run):
         ),
         ({"report.reference": True}, {"report": 1, "all": 1}),
         (
+            {"method_params.coop.per_protocol": {"transfer": {"epochs": 3}}},  # its source run
+            {"train": 1, "overfit": 1, "fit_diffusion": 1, "evaluate_baseline": 1,
+             "evaluate_diffusion": 1, "report": 1, "all": 1},
+        ),
+        (
+            {"method_params.maple.per_protocol": {"base2new": {"epochs": 2}}},  # the same value
+            {},
+        ),
+        (
             {"diffusion.per_method": {"maple": {"target": "absolute"}}},  # maple's DiTs only
             {"fit_diffusion": 3, "evaluate_diffusion": 3, "report": 1, "all": 1},
         ),
@@ -709,6 +774,8 @@ def test_stub_run_writes_the_report(smoke_run):
         "epochs",
         "eval-batch",
         "reference",
+        "per-protocol",
+        "per-protocol-same",
         "per-method",
         "per-method-same",
         "world-cast",

@@ -242,6 +242,53 @@ STAGE_KEYS = {
 }
 check_variants()
 
+
+# A run's training recipe: `method_params.<method>` less its override keys, then the override of
+# the run's protocol (`per_protocol`), then that of its training dataset (`per_dataset`). The
+# protocol follows from the class set: a base-class run is base-to-new's; the one all-class source
+# run is `transfer`, since cross-dataset and domain generalisation evaluate that same run (as in
+# the papers, whose DG numbers come from the cross-dataset ImageNet model), so one recipe serves
+# both. A method without overrides gives the same params as before they existed.
+RECIPE_OVERRIDES = ("per_protocol", "per_dataset")
+PROTOCOL_RECIPE = {"base": "base2new", "all": "transfer"}
+
+
+def method_params(method, dataset, classes):
+    params = config["method_params"][method]
+    return {
+        **{k: v for k, v in params.items() if k not in RECIPE_OVERRIDES},
+        **params.get("per_protocol", {}).get(PROTOCOL_RECIPE[classes], {}),
+        **params.get("per_dataset", {}).get(dataset, {}),
+    }
+
+
+def check_recipes():
+    """Each protocol's and dataset's recipe of a method validates as that method's block."""
+    for method, params in config["method_params"].items():
+        shared = {k: v for k, v in params.items() if k not in RECIPE_OVERRIDES}
+        for where in RECIPE_OVERRIDES:
+            for key, override in params.get(where, {}).items():
+                name = f"method_params.{method}.{where}.{key}"
+                if where == "per_dataset" and key not in config["datasets"]:
+                    raise WorkflowError(
+                        f"config: {name} names a dataset that is not in the `datasets` "
+                        "catalogue; fix the name or add the dataset."
+                    )
+                nested = sorted(set(RECIPE_OVERRIDES) & set(override))
+                if nested:
+                    raise WorkflowError(
+                        f"config: {name} sets {nested}; overrides do not nest, set the keys "
+                        "of the recipe itself."
+                    )
+                merged = {**config["method_params"], method: {**shared, **override}}
+                try:
+                    validate({**config, "method_params": merged}, SCHEMA)
+                except WorkflowError as e:
+                    raise WorkflowError(f"config: {name}: {e}")
+
+
+check_recipes()
+
 # The protocols the settings are compared on (`ablation.protocols`; default: base-to-new, else
 # the transfer protocols). Cross-dataset and DG share the all-class source run, whose one
 # evaluation job covers every transfer target.
@@ -315,8 +362,8 @@ def backbone_json():
     return to_json(spec)
 
 
-def method_json(method):
-    return to_json(config["method_params"][method])
+def method_json(method, dataset, classes):
+    return to_json(method_params(method, dataset, classes))
 
 
 # ---------------------------------------------------------------------------------------------
