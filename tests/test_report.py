@@ -235,6 +235,43 @@ def test_reference_rows(tmp_path):
     assert "zero-shot CLIP (published)" in md
 
 
+def test_published_rows_of_every_protocol_name_their_source(tmp_path):
+    """Beside ours, each protocol lists the published numbers of the host methods a source gave,
+    with that source; a number no source gave is printed as –, never filled in."""
+    out = tmp_path / "report"
+    make_report(_write_inputs(tmp_path), {**PARAMS, "reference": True}, out)
+    b2n = (out / "base2new.md").read_text()
+    assert "- KgCoOp (published): KgCoOp (Yao et al., CVPR 2023) Table 1" in b2n
+    assert "- CoOp (published): CoCoOp (Zhou et al., CVPR 2022) Table 1" in b2n
+
+    cross = (out / "cross_dataset.md").read_text()
+    # MaPLe's Table 2: ImageNet 70.72, average over the 10 targets 66.30; ours (CoOp) has no
+    # MaPLe row, so no difference
+    assert "| MaPLe (published) | 70.72 | – | – | 66.30 | 3 | – | – |" in cross
+    assert "| PromptSRC (published) | – | – | – | 65.81 | 3 | – | – |" in cross
+    # CoOp: ours - published, source 41.5 - 71.51 and average 56.5 - 63.88
+    assert f"| CoOp (published) | 71.51 | – | – | 63.88 | 3 | {41.5 - 71.51:+.2f} | " \
+        f"{56.5 - 63.88:+.2f} |" in cross
+    assert "- MaPLe (published): MaPLe (Khattak et al., CVPR 2023) Table 2" in cross
+    assert "KgCoOp (published)" not in cross  # no source gave its transfer numbers
+
+    dg = (out / "domain_generalization.md").read_text()
+    maple_dg = math.fsum([64.07, 49.15, 50.90, 76.98]) / 4  # MaPLe's Table 3: mean of 4 targets
+    assert f"| MaPLe (published) | 70.72 | – | {maple_dg:.2f} | 3 | – | – |" in dg
+    assert "| zero-shot CLIP (published) | 66.73 | – |" in dg
+    assert "Table 3" in dg and "mean of the four targets" in dg
+
+    summary = json.loads((out / "summary.json").read_text())["reference"]
+    assert summary["cross_dataset"]["promptsrc"]["imagenet"] is None
+    assert summary["domain_generalization"]["coop"]["average"] == pytest.approx(59.2775)
+    assert summary["base2new"]["maple"]["hm"] == 78.55
+
+
+def test_without_reference_no_published_rows(report):
+    for name in ("base2new.md", "cross_dataset.md", "domain_generalization.md"):
+        assert "(published)" not in (report / name).read_text()
+
+
 def test_only_some_protocols(tmp_path):
     out = tmp_path / "report"
     params = {**PARAMS, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}}

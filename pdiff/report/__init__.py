@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,7 @@ from pdiff.report.diagnosis import diagnosis_rows, load_diagnostics, underfit_di
 from pdiff.report.output import bars, jsonable, write_text
 from pdiff.report.protocols import (
     HM_TARGET,
-    METHOD_NAMES,
     PROTOCOL_TITLES,
-    PUBLISHED,
     TRANSFER,
     Lookup,
     base2new_table,
@@ -46,6 +45,7 @@ from pdiff.report.protocols import (
     write_base2new,
     write_transfer,
 )
+from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TRANSFER
 from pdiff.report.records import DEFAULT, index_evaluations
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,8 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     for protocol in TRANSFER:
         if protocol in tables:
             spec = protocols[protocol]
-            write_transfer(
-                out_dir, protocol, tables[protocol], spec["source"], list(spec["targets"]), seeds
-            )
+            write_transfer(out_dir, protocol, tables[protocol], spec["source"],
+                           list(spec["targets"]), seeds, reference)
             summary[protocol] = {
                 "source": spec["source"],
                 "targets": list(spec["targets"]),
@@ -184,7 +183,12 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
 
     if reference:
         summary["reference"] = {
-            METHOD_NAMES[m]: {"base": b, "new": n, "hm": h} for m, (b, n, h) in PUBLISHED.items()
+            "base2new": {m: asdict(p) for m, p in PUBLISHED_B2N.items()},
+            **{
+                protocol: {m: asdict(p) for m, p in PUBLISHED_TRANSFER[protocol].items()}
+                for protocol in TRANSFER
+                if protocol in tables
+            },
         }
     summary["cost"] = evaluation_cost(index, acc.used, rows)
     summary["inputs"] = sorted({r["_file"] for r in index.values()})

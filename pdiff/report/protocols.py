@@ -15,6 +15,7 @@ from typing import Any
 
 from pdiff.errors import PdiffError
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
+from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
 from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se
 
 #: Display names of the host methods.
@@ -26,19 +27,6 @@ METHOD_NAMES = {
     "vpt": "VPT",
     "maple": "MaPLe",
     "promptsrc": "PromptSRC",
-}
-
-
-#: Published base-to-new averages over the 11 datasets (ViT-B/16, 16 shots, 3 seeds):
-#: method -> (base, new, HM).
-PUBLISHED = {
-    "zeroshot": (69.34, 74.22, 71.70),
-    "coop": (82.69, 63.22, 71.66),
-    "cocoop": (80.47, 71.69, 75.83),
-    "kgcoop": (80.73, 73.60, 77.00),
-    "vpt": (80.24, 73.43, 76.68),
-    "maple": (82.28, 75.14, 78.55),
-    "promptsrc": (84.26, 76.10, 79.97),
 }
 
 
@@ -74,6 +62,20 @@ class Row:
             return METHOD_NAMES["zeroshot"]
         name = METHOD_NAMES.get(self.method, self.method)
         return name if self.mode == "baseline" else f"{name} + prompt diffusion"
+
+
+def published_label(method: str) -> str:
+    return f"{METHOD_NAMES.get(method, method)} (published)"
+
+
+def _host_row(ours: dict, method: str) -> dict | None:
+    """Our row of `method` without prompt diffusion (zero-shot CLIP's own row for zeroshot)."""
+    return ours.get((method, "zeroshot" if method == "zeroshot" else "baseline"))
+
+
+def _sources(refs: dict[str, str]) -> str:
+    """The source of each published row, one line each."""
+    return "".join(f"- {published_label(m)}: {ref}\n" for m, ref in refs.items())
 
 
 class Lookup:
@@ -295,15 +297,16 @@ def write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference:
     if reference:
         avg_header += ["Δ Base", "Δ New", "Δ HM"]
         avg_rows = [r + ["", "", ""] for r in avg_rows]
-        for method, (pb, pn, ph) in PUBLISHED.items():
-            mine = ours.get((method, "zeroshot" if method == "zeroshot" else "baseline"))
-            if mine is None:
-                delta = ["–", "–", "–"]
-            else:
-                a = mine["average"]
-                delta = [signed(a["base"] - pb), signed(a["new"] - pn), signed(a["hm"] - ph)]
-            label = f"{METHOD_NAMES[method]} (published)"
-            avg_rows.append([label, f"{pb:.2f}", f"{pn:.2f}", f"{ph:.2f}", "3", *delta])
+        for method, pub in PUBLISHED_B2N.items():
+            mine = _host_row(ours, method)
+            published = {"base": pub.base, "new": pub.new, "hm": pub.hm}
+            delta = [
+                "–" if mine is None else signed(mine["average"][k] - published[k])
+                for k in ("base", "new", "hm")
+            ]
+            avg_rows.append(
+                [published_label(method), *(fmt(v) for v in published.values()), "3", *delta]
+            )
 
     per_header = ["Method"] + [f"{d} {m}" for d in datasets for m in ("base", "new", "HM")]
     per_rows = []
@@ -327,6 +330,7 @@ def write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference:
             "(published): the 11-dataset averages of the papers (CLIP ViT-B/16, 16 shots, 3 "
             "seeds); Δ = ours − published, for the row of the same method.\n"
         )
+        text.append(_sources({m: p.ref for m, p in PUBLISHED_B2N.items()}))
     gains = diffusion_gains(table)
     if gains:
         text.append("## Prompt diffusion against its host method\n")
@@ -354,7 +358,8 @@ def write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference:
     write_text(out_dir / "base2new.md", "\n".join(text))
 
 
-def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targets, seeds):
+def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targets, seeds,
+                   reference: bool) -> None:
     header = ["row", "method", "mode", "n_seeds", source, f"{source}_se"]
     for t in targets:
         header += [t, f"{t}_se"]
@@ -381,6 +386,20 @@ def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targ
         ]
         for r in table
     ]
+    published = PUBLISHED_TRANSFER[protocol] if reference else {}
+    if published:
+        ours = {(r["method"], r["mode"]): r for r in table}
+        md_header += ["Δ Source", "Δ Average"]
+        md_rows = [r + ["", ""] for r in md_rows]
+        for method, pub in published.items():
+            mine = _host_row(ours, method)
+            delta = ["–", "–"]
+            if mine is not None:
+                delta[1] = signed(mine["average"]["accuracy"] - pub.average)
+                if pub.imagenet is not None:
+                    delta[0] = signed(mine["source"]["accuracy"] - pub.imagenet)
+            md_rows.append([published_label(method), fmt(pub.imagenet), *["–"] * len(targets),
+                            fmt(pub.average), "3", *delta])
     text = [f"# {PROTOCOL_TITLES[protocol]}\n"]
     text.append(
         f"Prompts learned on all classes of {source}; accuracy on the source, on each {what} "
@@ -389,4 +408,11 @@ def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targ
         + "\n"
     )
     text.append(md_table(md_header, md_rows))
+    if published:
+        text.append(
+            f"(published): the papers' accuracy on ImageNet, the source, and the average over "
+            f"{PUBLISHED_TARGETS[protocol]} (CLIP ViT-B/16, 16 shots, 3 seeds; – where no source "
+            "gave the number); Δ = ours − published, for the row of the same method.\n"
+        )
+        text.append(_sources({m: p.ref for m, p in published.items()}))
     write_text(out_dir / f"{protocol}.md", "\n".join(text))
