@@ -272,6 +272,49 @@ def test_without_reference_no_published_rows(report):
         assert "(published)" not in (report / name).read_text()
 
 
+PAPER = {"overfit": "kl_weight=0.0", "diffusion": "holdout=0.0", "sampling": "start=noise"}
+
+
+def _write_paper_inputs(tmp_path: Path) -> list[Path]:
+    """The prompt-diffusion evaluations of the paper's setting: pdiff's accuracy minus 10."""
+    bundles: dict[str, list[dict]] = {}
+    for (d, mode, s), (base, new) in B2N.items():
+        if mode == "diffusion":
+            for split, a in (("base", base), ("new", new)):
+                rec = _eval(mode, "coop", d, "base", s, d, split, a - 10.0)
+                bundles.setdefault(f"paper_{d}_{s}.json", []).append(rec | {"variant": PAPER})
+    for (t, mode, s), a in TRANSFER.items():
+        if mode == "diffusion":
+            rec = _eval(mode, "coop", "shapes", "all", s, t, "all", a - 10.0)
+            bundles.setdefault(f"paper_tr_{s}.json", []).append(rec | {"variant": PAPER})
+    paths = []
+    for name, records in bundles.items():
+        path = tmp_path / "evals" / name
+        path.write_text(json.dumps({"evaluations": records}))
+        paths.append(path)
+    return paths
+
+
+def test_the_paper_preset_is_a_row_of_its_own_beside_pdiff(tmp_path):
+    out = tmp_path / "report"
+    inputs = _write_inputs(tmp_path) + _write_paper_inputs(tmp_path)
+    make_report(inputs, {**PARAMS, "presets": {"paper": {"coop": PAPER}}}, out)
+    rows = _read_csv(out / "base2new.csv")
+    assert list(rows) == ["zero-shot CLIP", "CoOp", "CoOp + prompt diffusion (pdiff)",
+                          "CoOp + prompt diffusion (paper)"]
+    pdiff, paper = rows["CoOp + prompt diffusion (pdiff)"], rows["CoOp + prompt diffusion (paper)"]
+    assert float(paper["icons_new"]) == pytest.approx(float(pdiff["icons_new"]) - 10.0)
+    cross = _read_csv(out / "cross_dataset.csv")
+    assert float(cross["CoOp + prompt diffusion (paper)"]["average"]) == pytest.approx(49.5)
+    # each against the host, in the gains table
+    gains = json.loads((out / "summary.json").read_text())["base2new"]["diffusion_gain"]
+    assert [(g["label"], g["tag"]) for g in gains] == [("CoOp (pdiff)", "pdiff"),
+                                                       ("CoOp (paper)", "paper")]
+    assert gains[1]["new"] == pytest.approx(gains[0]["new"] - 10.0)
+    # a preset changing several stages is no ablation setting
+    assert not (out / "ablation.md").exists()
+
+
 def test_only_some_protocols(tmp_path):
     out = tmp_path / "report"
     params = {**PARAMS, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}}

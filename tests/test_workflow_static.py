@@ -107,9 +107,29 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "config.yaml") -> Path:
     return path
 
 
+# The paper's method as the `paper` preset sets it over each stage's section (no per-method
+# entries): no KL anchor, no classification term, no hold-out, Gaussian prompts, five steps.
+PAPER = {"overfit": {"kl_weight": 0.0}, "diffusion": {"cls_weight": 0.0, "holdout": 0.0},
+         "sampling": {"start": "noise", "steps": 5}}
+
+
+def paper_changes(cfg: dict, method: str) -> list[bool]:
+    """Per stage (overfit, diffusion, sampling): whether the paper's section differs from the
+    one configured for `method` (a key only the configured one has counts as a difference)."""
+    changes = []
+    for stage, setting in PAPER.items():
+        section = {k: v for k, v in cfg[stage].items() if k != "per_method"}
+        mine = section | cfg[stage].get("per_method", {}).get(method, {})
+        paper = section | setting
+        changes.append(paper != mine)
+    return changes
+
+
 def expected_counts(cfg: dict) -> dict[str, int]:
     """Job counts per rule that a config implies (an independent re-derivation of the DAG):
-    one evaluation job per trained run and mode, one zero-shot job per dataset."""
+    one evaluation job per trained run and mode, one zero-shot job per dataset, and with the
+    paper preset a store, DiT or evaluation more per run for each stage it changes from there
+    on."""
     protocols = cfg["protocols"]
     methods = [m for m in cfg["methods"] if m != "zeroshot"]
     b2n = protocols.get("base2new", {}).get("datasets", [])
@@ -138,6 +158,11 @@ def expected_counts(cfg: dict) -> dict[str, int]:
         "report": 1,
         "all": 1,
     }
+    for _, method, _, _ in runs if "paper" in cfg.get("presets", []) else ():
+        overfit, diffusion, sampling = paper_changes(cfg, method)
+        counts["overfit"] += overfit
+        counts["fit_diffusion"] += overfit or diffusion
+        counts["evaluate_diffusion"] += overfit or diffusion or sampling
     return {k: v for k, v in counts.items() if v}
 
 
@@ -192,8 +217,10 @@ def test_smoke_config_is_self_contained():
 def test_demo_plan(tmp_path):
     counts, _ = plan(tmp_path, DEMO)
     assert counts == expected_counts(load(DEMO))
-    # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked and zero-shot
-    assert sum(counts.values()) == 98
+    # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked and zero-shot;
+    # the paper's method adds VPT's and MaPLe's stores (no KL anchor), and every DiT (no
+    # hold-out) and evaluation
+    assert sum(counts.values()) == 98 + 2 * 5 + 15 + 15
 
 
 def test_smoke_plan(tmp_path):
@@ -327,9 +354,55 @@ def test_benchmark_plans_the_whole_study_without_data_or_gpu(tmp_path):
     counts, _ = plan(tmp_path, BENCHMARK)
     cfg = load(BENCHMARK)
     assert counts == expected_counts(cfg)
-    # (11 base-to-new + 1 ImageNet all-class run) x 6 methods x 3 seeds
-    assert counts["train"] == counts["evaluate_diffusion"] == 12 * 6 * 3
+    # (11 base-to-new + 1 ImageNet all-class run) x 6 methods x 3 seeds, each run's prompt
+    # diffusion evaluated as configured and as the paper describes it
+    assert counts["train"] == counts["evaluate_diffusion"] / 2 == 12 * 6 * 3
     assert counts["check_data"] == counts["evaluate_zeroshot"] == 15
+
+
+def _without_presets(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"presets": []}, "no-presets.yaml")
+
+
+def test_the_paper_preset_reuses_every_job_it_does_not_change(tmp_path):
+    """The demo with the paper's method beside pdiff's plans every job of the demo without it
+    unchanged (same command, same params; only the report gains its rows), retrains no host,
+    and shares each store whose overfitting the paper does not change (CoOp's: no per-method
+    entry), so only VPT's and MaPLe's stores (no KL anchor) are new."""
+    commands = {}
+    for name, configs in (("pdiff", [DEMO, _without_presets(tmp_path)]), ("both", [DEMO])):
+        res = snakemake(tmp_path, "-n", "-p", configfile=configs)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        commands[name] = {shlex.join(argv) for argv in _shell_commands(res.stdout + res.stderr)}
+    kept = {c for c in commands["pdiff"] if not c.startswith("pdiff report")}
+    assert kept <= commands["both"]
+    added = Counter(c.split()[1] for c in commands["both"] - commands["pdiff"])
+    assert added == {"overfit": 2 * 5, "fit-diffusion": 15, "evaluate": 15, "report": 1}
+    stores = {re.search(r"--out (\S+)", c)[1] for c in commands["both"] - commands["pdiff"]
+              if c.split()[1] == "overfit"}
+    assert all("/vpt/" in s or "/maple/" in s for s in stores)
+    assert {s.split("/")[-2] for s in stores} == {"kl_weight=0.0"}
+    # CoOp's paper evaluation reads its default store
+    assert any(c.startswith("pdiff evaluate --mode diffusion") and "/coop/" in c
+               and "/default/holdout=0.0/dit.safetensors" in c for c in commands["both"])
+
+
+def test_benchmark_plans_the_paper_and_pdiff_and_reports_both(tmp_path):
+    both, out = plan(tmp_path, BENCHMARK)
+    pdiff_only, _ = plan(tmp_path, [BENCHMARK, _without_presets(tmp_path)])
+    assert both["train"] == pdiff_only["train"]  # no host retrained
+    runs = 12 * 3  # per method: 11 base-to-new runs + the ImageNet all-class run, 3 seeds
+    # new stores only for the methods with per-method overfitting (CoCoOp, VPT, MaPLe)
+    assert both["overfit"] - pdiff_only["overfit"] == 3 * runs
+    assert both["fit_diffusion"] - pdiff_only["fit_diffusion"] == 6 * runs
+    res = snakemake(tmp_path, "-n", "-p", "report", configfile=BENCHMARK)
+    (report,) = [argv for argv in _shell_commands(res.stdout + res.stderr) if argv[1] == "report"]
+    presets = json.loads(_options(report)["params"][0])["presets"]["paper"]
+    assert set(presets) == {"coop", "cocoop", "kgcoop", "vpt", "maple", "promptsrc"}
+    assert presets["coop"] == {"overfit": "default", "diffusion": "cls_weight=0.0,holdout=0.0",
+                               "sampling": "start=noise"}
+    assert presets["cocoop"]["overfit"] == "lr=0.003,steps=5"
+    assert presets["vpt"]["diffusion"] == "holdout=0.0,target=residual"
 
 
 def _shell_commands(out: str) -> list[list[str]]:
@@ -548,6 +621,7 @@ def _set(cfg: dict, dotted: str, value) -> dict:
         ("diffusion.per_method", {"vtp": {"steps": 9}}, ["diffusion.per_method", "'vtp'"]),
         ("diffusion.per_method", {"coop": {"target": "both"}},
          ["diffusion.per_method.coop", "'both'"]),
+        ("presets", ["pdiff"], ["presets", "'pdiff' is not one of"]),
         ("method_params.maple.per_protocol", {"transfer": {"depth": -1}},
          ["method_params.maple.per_protocol.transfer", "minimum of 0"]),
         ("method_params.maple.per_protocol", {"cross_dataset": {"depth": 3}},
@@ -692,6 +766,23 @@ def test_stub_run_writes_the_report(smoke_run):
     assert (report / "figures" / "base2new.png").read_bytes().startswith(b"\x89PNG")
     assert (workdir / "results/smoke/logs/train/shapes/coop/base/seed1.log").is_file()
     assert (workdir / "results/smoke/benchmarks/report/report.tsv").is_file()
+
+
+def test_adding_the_paper_preset_runs_only_its_own_stages_and_reports_it(smoke_run, tmp_path):
+    """On a finished smoke run, the paper's method (no per-method entries there, no KL anchor
+    already) reuses every store: only its DiTs (no hold-out), its evaluations and the report
+    run, and the report gets its rows."""
+    workdir, bindir, snakefile = smoke_run
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy, symlinks=True)
+    configs = [SMOKE, write_config(tmp_path, {"presets": ["paper"]}, "paper.yaml")]
+    res = snakemake(copy, "--cores", "2", configfile=configs, path=bindir, snakefile=snakefile)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert job_counts(res.stdout + res.stderr) == {
+        "fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1}
+    rows = list(csv.DictReader((copy / "results/smoke/report/base2new.csv").open()))
+    assert [r["row"] for r in rows if r["method"] == "maple"] == [
+        "MaPLe", "MaPLe + prompt diffusion (pdiff)", "MaPLe + prompt diffusion (paper)"]
 
 
 @pytest.mark.parametrize(

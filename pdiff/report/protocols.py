@@ -16,7 +16,7 @@ from typing import Any
 from pdiff.errors import PdiffError
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
 from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
-from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se
+from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se, variant_label
 
 #: Display names of the host methods.
 METHOD_NAMES = {
@@ -49,19 +49,29 @@ def harmonic_mean(base: float, new: float) -> float:
     return 2.0 * base * new / (base + new) if base + new else 0.0
 
 
+#: The tag of prompt diffusion as configured, beside a preset's rows (e.g. the paper's).
+PDIFF = "pdiff"
+
+
 @dataclass(frozen=True)
 class Row:
-    """One row of every table: zero-shot CLIP, or a host method in baseline or diffusion mode."""
+    """One row of every table: zero-shot CLIP, or a host method in baseline or diffusion mode.
+    A diffusion row reads the evaluations of one setting (`default`: as configured) and, beside
+    a preset, is tagged with the preset's name or `pdiff`."""
 
     method: str
     mode: str
+    setting: str = DEFAULT
+    tag: str | None = None
 
     @property
     def label(self) -> str:
         if self.mode == "zeroshot":
             return METHOD_NAMES["zeroshot"]
         name = METHOD_NAMES.get(self.method, self.method)
-        return name if self.mode == "baseline" else f"{name} + prompt diffusion"
+        if self.mode == "baseline":
+            return name
+        return f"{name} + prompt diffusion" + (f" ({self.tag})" if self.tag else "")
 
 
 def published_label(method: str) -> str:
@@ -87,7 +97,8 @@ class Lookup:
         self.used: set[Key] = set()
 
     def __call__(self, row: Row, seed, train_dataset, train_classes, target, split) -> float:
-        variant = DEFAULT if row.mode != "diffusion" else self.variant
+        variant = DEFAULT if row.mode != "diffusion" else (
+            self.variant if row.setting == DEFAULT else row.setting)
         key = make_key(row.mode, row.method, train_dataset, train_classes, seed, target, split,
                    variant)
         record = self.index.get(key)
@@ -114,11 +125,18 @@ class Lookup:
             )
 
 
-def table_rows(methods: Sequence[str]) -> list[Row]:
+def table_rows(methods: Sequence[str], presets: dict[str, dict[str, dict]] | None = None
+               ) -> list[Row]:
+    """Zero-shot CLIP, then per method its host row, prompt diffusion as configured and, per
+    preset, prompt diffusion in the preset's setting (`presets`: preset -> method -> its
+    {stage: folder})."""
+    presets = presets or {}
     rows = [Row("zeroshot", "zeroshot")]
     for m in methods:
         if m != "zeroshot":
-            rows += [Row(m, "baseline"), Row(m, "diffusion")]
+            rows += [Row(m, "baseline"), Row(m, "diffusion", tag=PDIFF if presets else None)]
+            rows += [Row(m, "diffusion", variant_label(p[m]), tag=name)
+                     for name, p in presets.items()]
     return rows
 
 
@@ -132,6 +150,7 @@ def _row_header(row, row_seeds) -> dict:
         "label": row.label,
         "method": row.method,
         "mode": row.mode,
+        "tag": row.tag,
         "n_seeds": len(row_seeds),
         "seeds": [s for s in row_seeds if s is not None],
     }
@@ -191,11 +210,12 @@ def _dataset_average(row: dict, seed: str) -> dict[str, float]:
 def diffusion_gains(table: list[dict]) -> list[dict]:
     """Prompt diffusion minus its host, per method: base, new and HM of the dataset averages,
     with the standard error of the paired per-seed differences."""
-    rows = {(r["method"], r["mode"]): r for r in table}
+    hosts = {r["method"]: r for r in table if r["mode"] == "baseline"}
     out = []
-    for (method, mode), host in rows.items():
-        pd = rows.get((method, "diffusion"))
-        if mode != "baseline" or pd is None:
+    for pd in table:
+        method = pd["method"]
+        host = hosts.get(method)
+        if pd["mode"] != "diffusion" or host is None:
             continue
         seeds = [s for s in host["per_seed"] if s in pd["per_seed"]]
         diffs: dict[str, list[float]] = {"base": [], "new": [], "hm": []}
@@ -205,8 +225,9 @@ def diffusion_gains(table: list[dict]) -> list[dict]:
                 diffs[k].append(p[k] - h[k])
             hm = harmonic_mean(p["base"], p["new"]) - harmonic_mean(h["base"], h["new"])
             diffs["hm"].append(hm)
-        gain = {"method": method, "label": METHOD_NAMES.get(method, method),
-                "n_seeds": len(seeds)}
+        name = METHOD_NAMES.get(method, method)
+        gain = {"method": method, "tag": pd["tag"],
+                "label": name + (f" ({pd['tag']})" if pd["tag"] else ""), "n_seeds": len(seeds)}
         for k in ("base", "new", "hm"):
             gain[k] = pd["average"][k] - host["average"][k]
             gain[f"{k}_se"] = se(diffs[k])
@@ -253,6 +274,7 @@ def evaluation_cost(index: dict[Key, dict], used: set[Key], rows: Sequence[Row])
             index[k]
             for k in sorted(used, key=repr)
             if k[0] == row.mode and (row.mode == "zeroshot" or k[1] == row.method)
+            and (row.mode != "diffusion" or k[-1] == row.setting)
         ]
         if not recs:
             continue
