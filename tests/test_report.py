@@ -235,6 +235,86 @@ def test_reference_rows(tmp_path):
     assert "zero-shot CLIP (published)" in md
 
 
+def test_published_rows_of_every_protocol_name_their_source(tmp_path):
+    """Beside ours, each protocol lists the published numbers of the host methods a source gave,
+    with that source; a number no source gave is printed as –, never filled in."""
+    out = tmp_path / "report"
+    make_report(_write_inputs(tmp_path), {**PARAMS, "reference": True}, out)
+    b2n = (out / "base2new.md").read_text()
+    assert "- KgCoOp (published): KgCoOp (Yao et al., CVPR 2023) Table 1" in b2n
+    assert "- CoOp (published): CoCoOp (Zhou et al., CVPR 2022) Table 1" in b2n
+
+    cross = (out / "cross_dataset.md").read_text()
+    # MaPLe's Table 2: ImageNet 70.72, average over the 10 targets 66.30; ours (CoOp) has no
+    # MaPLe row, so no difference
+    assert "| MaPLe (published) | 70.72 | – | – | 66.30 | 3 | – | – |" in cross
+    assert "| PromptSRC (published) | – | – | – | 65.81 | 3 | – | – |" in cross
+    # CoOp: ours - published, source 41.5 - 71.51 and average 56.5 - 63.88
+    assert f"| CoOp (published) | 71.51 | – | – | 63.88 | 3 | {41.5 - 71.51:+.2f} | " \
+        f"{56.5 - 63.88:+.2f} |" in cross
+    assert "- MaPLe (published): MaPLe (Khattak et al., CVPR 2023) Table 2" in cross
+    assert "KgCoOp (published)" not in cross  # no source gave its transfer numbers
+
+    dg = (out / "domain_generalization.md").read_text()
+    maple_dg = math.fsum([64.07, 49.15, 50.90, 76.98]) / 4  # MaPLe's Table 3: mean of 4 targets
+    assert f"| MaPLe (published) | 70.72 | – | {maple_dg:.2f} | 3 | – | – |" in dg
+    assert "| zero-shot CLIP (published) | 66.73 | – |" in dg
+    assert "Table 3" in dg and "mean of the four targets" in dg
+
+    summary = json.loads((out / "summary.json").read_text())["reference"]
+    assert summary["cross_dataset"]["promptsrc"]["imagenet"] is None
+    assert summary["domain_generalization"]["coop"]["average"] == pytest.approx(59.2775)
+    assert summary["base2new"]["maple"]["hm"] == 78.55
+
+
+def test_without_reference_no_published_rows(report):
+    for name in ("base2new.md", "cross_dataset.md", "domain_generalization.md"):
+        assert "(published)" not in (report / name).read_text()
+
+
+PAPER = {"overfit": "kl_weight=0.0", "diffusion": "holdout=0.0", "sampling": "start=noise"}
+
+
+def _write_paper_inputs(tmp_path: Path) -> list[Path]:
+    """The prompt-diffusion evaluations of the paper's setting: pdiff's accuracy minus 10."""
+    bundles: dict[str, list[dict]] = {}
+    for (d, mode, s), (base, new) in B2N.items():
+        if mode == "diffusion":
+            for split, a in (("base", base), ("new", new)):
+                rec = _eval(mode, "coop", d, "base", s, d, split, a - 10.0)
+                bundles.setdefault(f"paper_{d}_{s}.json", []).append(rec | {"variant": PAPER})
+    for (t, mode, s), a in TRANSFER.items():
+        if mode == "diffusion":
+            rec = _eval(mode, "coop", "shapes", "all", s, t, "all", a - 10.0)
+            bundles.setdefault(f"paper_tr_{s}.json", []).append(rec | {"variant": PAPER})
+    paths = []
+    for name, records in bundles.items():
+        path = tmp_path / "evals" / name
+        path.write_text(json.dumps({"evaluations": records}))
+        paths.append(path)
+    return paths
+
+
+def test_the_paper_preset_is_a_row_of_its_own_beside_pdiff(tmp_path):
+    out = tmp_path / "report"
+    inputs = _write_inputs(tmp_path) + _write_paper_inputs(tmp_path)
+    make_report(inputs, {**PARAMS, "presets": {"paper": {"coop": PAPER}}}, out)
+    rows = _read_csv(out / "base2new.csv")
+    assert list(rows) == ["zero-shot CLIP", "CoOp", "CoOp + prompt diffusion (pdiff)",
+                          "CoOp + prompt diffusion (paper)"]
+    pdiff, paper = rows["CoOp + prompt diffusion (pdiff)"], rows["CoOp + prompt diffusion (paper)"]
+    assert float(paper["icons_new"]) == pytest.approx(float(pdiff["icons_new"]) - 10.0)
+    cross = _read_csv(out / "cross_dataset.csv")
+    assert float(cross["CoOp + prompt diffusion (paper)"]["average"]) == pytest.approx(49.5)
+    # each against the host, in the gains table
+    gains = json.loads((out / "summary.json").read_text())["base2new"]["diffusion_gain"]
+    assert [(g["label"], g["tag"]) for g in gains] == [("CoOp (pdiff)", "pdiff"),
+                                                       ("CoOp (paper)", "paper")]
+    assert gains[1]["new"] == pytest.approx(gains[0]["new"] - 10.0)
+    # a preset changing several stages is no ablation setting
+    assert not (out / "ablation.md").exists()
+
+
 def test_only_some_protocols(tmp_path):
     out = tmp_path / "report"
     params = {**PARAMS, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}}

@@ -29,6 +29,7 @@ SNAKEMAKE = str(BIN / "snakemake")
 SNAKEFMT = str(BIN / "snakefmt")
 DEMO = REPO / "config" / "config.yaml"
 SMOKE = REPO / "config" / "smoke.yaml"
+BENCHMARK = REPO / "config" / "benchmark.yaml"
 STAGES = ["data", "backbone", "prompts", "overfit", "diffusion", "evaluate", "report"]
 TIMEOUT = 600
 
@@ -106,9 +107,29 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "config.yaml") -> Path:
     return path
 
 
+# The paper's method as the `paper` preset sets it over each stage's section (no per-method
+# entries): no KL anchor, no classification term, no hold-out, Gaussian prompts, five steps.
+PAPER = {"overfit": {"kl_weight": 0.0}, "diffusion": {"cls_weight": 0.0, "holdout": 0.0},
+         "sampling": {"start": "noise", "steps": 5}}
+
+
+def paper_changes(cfg: dict, method: str) -> list[bool]:
+    """Per stage (overfit, diffusion, sampling): whether the paper's section differs from the
+    one configured for `method` (a key only the configured one has counts as a difference)."""
+    changes = []
+    for stage, setting in PAPER.items():
+        section = {k: v for k, v in cfg[stage].items() if k != "per_method"}
+        mine = section | cfg[stage].get("per_method", {}).get(method, {})
+        paper = section | setting
+        changes.append(paper != mine)
+    return changes
+
+
 def expected_counts(cfg: dict) -> dict[str, int]:
     """Job counts per rule that a config implies (an independent re-derivation of the DAG):
-    one evaluation job per trained run and mode, one zero-shot job per dataset."""
+    one evaluation job per trained run and mode, one zero-shot job per dataset, and with the
+    paper preset a store, DiT or evaluation more per run for each stage it changes from there
+    on."""
     protocols = cfg["protocols"]
     methods = [m for m in cfg["methods"] if m != "zeroshot"]
     b2n = protocols.get("base2new", {}).get("datasets", [])
@@ -140,6 +161,11 @@ def expected_counts(cfg: dict) -> dict[str, int]:
         "report": 1,
         "all": 1,
     }
+    for _, method, _, _ in runs if "paper" in cfg.get("presets", []) else ():
+        overfit, diffusion, sampling = paper_changes(cfg, method)
+        counts["overfit"] += overfit
+        counts["fit_diffusion"] += overfit or diffusion
+        counts["evaluate_diffusion"] += overfit or diffusion or sampling
     return {k: v for k, v in counts.items() if v}
 
 
@@ -195,8 +221,9 @@ def test_demo_plan(tmp_path):
     counts, _ = plan(tmp_path, DEMO)
     assert counts == expected_counts(load(DEMO))
     # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked, cached and
-    # zero-shot, 4 draws cached
-    assert sum(counts.values()) == 110
+    # zero-shot, 4 draws cached; the paper's method adds VPT's and MaPLe's stores (no KL
+    # anchor), and every DiT (no hold-out) and evaluation
+    assert sum(counts.values()) == 110 + 2 * 5 + 15 + 15
 
 
 def test_smoke_plan(tmp_path):
@@ -327,12 +354,58 @@ def test_coop_source_plans_without_datasets(tmp_path):
 
 
 def test_benchmark_plans_the_whole_study_without_data_or_gpu(tmp_path):
-    counts, _ = plan(tmp_path, REPO / "config" / "benchmark.yaml")
-    cfg = load(REPO / "config" / "benchmark.yaml")
+    counts, _ = plan(tmp_path, BENCHMARK)
+    cfg = load(BENCHMARK)
     assert counts == expected_counts(cfg)
-    # (11 base-to-new + 1 ImageNet all-class run) x 6 methods x 3 seeds
-    assert counts["train"] == counts["evaluate_diffusion"] == 12 * 6 * 3
+    # (11 base-to-new + 1 ImageNet all-class run) x 6 methods x 3 seeds, each run's prompt
+    # diffusion evaluated as configured and as the paper describes it
+    assert counts["train"] == counts["evaluate_diffusion"] / 2 == 12 * 6 * 3
     assert counts["check_data"] == counts["evaluate_zeroshot"] == 15
+
+
+def _without_presets(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"presets": []}, "no-presets.yaml")
+
+
+def test_the_paper_preset_reuses_every_job_it_does_not_change(tmp_path):
+    """The demo with the paper's method beside pdiff's plans every job of the demo without it
+    unchanged (same command, same params; only the report gains its rows), retrains no host,
+    and shares each store whose overfitting the paper does not change (CoOp's: no per-method
+    entry), so only VPT's and MaPLe's stores (no KL anchor) are new."""
+    commands = {}
+    for name, configs in (("pdiff", [DEMO, _without_presets(tmp_path)]), ("both", [DEMO])):
+        res = snakemake(tmp_path, "-n", "-p", configfile=configs)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        commands[name] = {shlex.join(argv) for argv in _shell_commands(res.stdout + res.stderr)}
+    kept = {c for c in commands["pdiff"] if not c.startswith("pdiff report")}
+    assert kept <= commands["both"]
+    added = Counter(c.split()[1] for c in commands["both"] - commands["pdiff"])
+    assert added == {"overfit": 2 * 5, "fit-diffusion": 15, "evaluate": 15, "report": 1}
+    stores = {re.search(r"--out (\S+)", c)[1] for c in commands["both"] - commands["pdiff"]
+              if c.split()[1] == "overfit"}
+    assert all("/vpt/" in s or "/maple/" in s for s in stores)
+    assert {s.split("/")[-2] for s in stores} == {"kl_weight=0.0"}
+    # CoOp's paper evaluation reads its default store
+    assert any(c.startswith("pdiff evaluate --mode diffusion") and "/coop/" in c
+               and "/default/holdout=0.0/dit.safetensors" in c for c in commands["both"])
+
+
+def test_benchmark_plans_the_paper_and_pdiff_and_reports_both(tmp_path):
+    both, out = plan(tmp_path, BENCHMARK)
+    pdiff_only, _ = plan(tmp_path, [BENCHMARK, _without_presets(tmp_path)])
+    assert both["train"] == pdiff_only["train"]  # no host retrained
+    runs = 12 * 3  # per method: 11 base-to-new runs + the ImageNet all-class run, 3 seeds
+    # new stores only for the methods with per-method overfitting (CoCoOp, VPT, MaPLe)
+    assert both["overfit"] - pdiff_only["overfit"] == 3 * runs
+    assert both["fit_diffusion"] - pdiff_only["fit_diffusion"] == 6 * runs
+    res = snakemake(tmp_path, "-n", "-p", "report", configfile=BENCHMARK)
+    (report,) = [argv for argv in _shell_commands(res.stdout + res.stderr) if argv[1] == "report"]
+    presets = json.loads(_options(report)["params"][0])["presets"]["paper"]
+    assert set(presets) == {"coop", "cocoop", "kgcoop", "vpt", "maple", "promptsrc"}
+    assert presets["coop"] == {"overfit": "default", "diffusion": "cls_weight=0.0,holdout=0.0",
+                               "sampling": "start=noise"}
+    assert presets["cocoop"]["overfit"] == "lr=0.003,steps=5"
+    assert presets["vpt"]["diffusion"] == "holdout=0.0,target=residual"
 
 
 def _shell_commands(out: str) -> list[list[str]]:
@@ -347,6 +420,56 @@ def _shell_commands(out: str) -> list[list[str]]:
     return cmds
 
 
+def _options(argv: list[str]) -> dict[str, list[str]]:
+    """A planned command's --options, each with its values."""
+    opts: dict[str, list[str]] = {}
+    for i, a in enumerate(argv):
+        if a.startswith("--"):
+            opts.setdefault(a[2:], []).append(argv[i + 1] if i + 1 < len(argv) else "")
+    return opts
+
+
+def _train_recipes(out: str) -> dict[tuple[str, str, str], dict]:
+    """(method, dataset, classes) -> the --params of its planned `pdiff train` jobs (one recipe
+    over the seeds)."""
+    recipes: dict[tuple[str, str, str], dict] = {}
+    for argv in _shell_commands(out):
+        if argv[1] == "train":
+            opts = _options(argv)
+            run = (opts["method"][0], json.loads(opts["dataset"][0])["name"],
+                   opts["classes"][0])
+            recipe = json.loads(opts["params"][0])
+            assert recipes.setdefault(run, recipe) == recipe, run
+    return recipes
+
+
+def test_benchmark_trains_each_protocol_with_its_released_recipe(tmp_path):
+    """MaPLe's ImageNet all-class run, which cross-dataset and DG evaluate, trains with MaPLe's
+    released cross-dataset config, its base-class runs with the base-to-new one; CoOp trains 200
+    epochs on base classes except on ImageNet (50), as in CoCoOp's released scripts."""
+    res = snakemake(tmp_path, "-n", "-p", configfile=BENCHMARK)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    recipes = _train_recipes(res.stdout + res.stderr)
+    maple = load(BENCHMARK)["method_params"]["maple"]
+    shared = {k: v for k, v in maple.items() if k != "per_protocol"}
+    # vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml vs vit_b16_c2_ep5_batch4_2ctx.yaml
+    assert recipes["maple", "ImageNet", "all"] == shared | {"depth": 3, "lr": 0.0026,
+                                                            "epochs": 2}
+    for dataset in ("ImageNet", "Caltech101", "EuroSAT"):
+        assert recipes["maple", dataset, "base"] == shared
+        assert shared["depth"] == 9 and shared["lr"] == 0.0035 and shared["epochs"] == 5
+    assert recipes["promptsrc", "ImageNet", "all"]["depth"] == 3
+    assert recipes["promptsrc", "ImageNet", "base"]["depth"] == 9
+    assert {run: recipe["epochs"] for run, recipe in recipes.items() if run[0] == "coop"
+            and run[1] in ("ImageNet", "OxfordPets")} == {
+        ("coop", "ImageNet", "all"): 50, ("coop", "ImageNet", "base"): 50,
+        ("coop", "OxfordPets", "base"): 200}
+    # methods whose released scripts train both protocols with one file: one recipe
+    for method in ("cocoop", "kgcoop", "vpt"):
+        assert len({json.dumps(r, sort_keys=True) for run, r in recipes.items()
+                    if run[0] == method}) == 1, method
+
+
 def test_shell_commands_follow_the_cli_contract(tmp_path):
     res = snakemake(tmp_path, "-n", "-p", configfile=SMOKE)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -356,10 +479,7 @@ def test_shell_commands_follow_the_cli_contract(tmp_path):
     for argv in cmds:
         assert argv[0] == "pdiff", argv
         sub = argv[1]
-        opts: dict[str, list[str]] = {}
-        for i, a in enumerate(argv):
-            if a.startswith("--"):
-                opts.setdefault(a[2:], []).append(argv[i + 1] if i + 1 < len(argv) else "")
+        opts = _options(argv)
         assert "threads" in opts, argv
         for k in ("params", "dataset", "backbone", "world"):
             if k in opts:
@@ -510,6 +630,15 @@ def _set(cfg: dict, dotted: str, value) -> dict:
         ("diffusion.per_method", {"vtp": {"steps": 9}}, ["diffusion.per_method", "'vtp'"]),
         ("diffusion.per_method", {"coop": {"target": "both"}},
          ["diffusion.per_method.coop", "'both'"]),
+        ("presets", ["pdiff"], ["presets", "'pdiff' is not one of"]),
+        ("method_params.maple.per_protocol", {"transfer": {"depth": -1}},
+         ["method_params.maple.per_protocol.transfer", "minimum of 0"]),
+        ("method_params.maple.per_protocol", {"cross_dataset": {"depth": 3}},
+         ["cross_dataset", "['method_params']['maple']"]),
+        ("method_params.coop.per_dataset", {"imagenet": {"epochs": 3}},
+         ["method_params.coop.per_dataset.imagenet", "catalogue"]),
+        ("method_params.coop.per_dataset", {"shapes": {"per_protocol": {}}},
+         ["method_params.coop.per_dataset.shapes", "do not nest"]),
     ],
 )
 def test_bad_config_rejected(tmp_path, key, value, expected):
@@ -648,6 +777,23 @@ def test_stub_run_writes_the_report(smoke_run):
     assert (workdir / "results/smoke/benchmarks/report/report.tsv").is_file()
 
 
+def test_adding_the_paper_preset_runs_only_its_own_stages_and_reports_it(smoke_run, tmp_path):
+    """On a finished smoke run, the paper's method (no per-method entries there, no KL anchor
+    already) reuses every store: only its DiTs (no hold-out), its evaluations and the report
+    run, and the report gets its rows."""
+    workdir, bindir, snakefile = smoke_run
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy, symlinks=True)
+    configs = [SMOKE, write_config(tmp_path, {"presets": ["paper"]}, "paper.yaml")]
+    res = snakemake(copy, "--cores", "2", configfile=configs, path=bindir, snakefile=snakefile)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert job_counts(res.stdout + res.stderr) == {
+        "fit_diffusion": 6, "evaluate_diffusion": 6, "report": 1, "all": 1}
+    rows = list(csv.DictReader((copy / "results/smoke/report/base2new.csv").open()))
+    assert [r["row"] for r in rows if r["method"] == "maple"] == [
+        "MaPLe", "MaPLe + prompt diffusion (pdiff)", "MaPLe + prompt diffusion (paper)"]
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -686,6 +832,15 @@ def test_stub_run_writes_the_report(smoke_run):
         ),
         ({"report.reference": True}, {"report": 1, "all": 1}),
         (
+            {"method_params.coop.per_protocol": {"transfer": {"epochs": 3}}},  # its source run
+            {"train": 1, "overfit": 1, "fit_diffusion": 1, "evaluate_baseline": 1,
+             "evaluate_diffusion": 1, "report": 1, "all": 1},
+        ),
+        (
+            {"method_params.maple.per_protocol": {"base2new": {"epochs": 2}}},  # the same value
+            {},
+        ),
+        (
             {"diffusion.per_method": {"maple": {"target": "absolute"}}},  # maple's DiTs only
             {"fit_diffusion": 3, "evaluate_diffusion": 3, "report": 1, "all": 1},
         ),
@@ -721,6 +876,8 @@ def test_stub_run_writes_the_report(smoke_run):
         "epochs",
         "eval-batch",
         "reference",
+        "per-protocol",
+        "per-protocol-same",
         "per-method",
         "per-method-same",
         "world-cast",

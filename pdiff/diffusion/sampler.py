@@ -97,8 +97,9 @@ def sample(
 ) -> tuple[Tensor, int]:
     """Generate ``x1 [B, T, D]`` (normalised space) for ``cond [B, F]``; return ``(x1, nfe)``.
 
-    ``start="zero"`` starts from the noise mean (deterministic, the paper's default);
-    ``start="noise"`` draws ``x0 ~ N(0, I)`` with ``generator``.
+    ``start="noise"`` draws ``x0 ~ N(0, I)`` with ``generator``: the paper's sampling
+    (random Gaussian prompts, five ODE steps). ``start="zero"`` starts from the noise mean
+    instead, deterministic: pdiff's own default, not the paper's.
     """
     check_solver(solver)
     if start not in STARTS:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,7 @@ from pdiff.report.diagnosis import diagnosis_rows, load_diagnostics, underfit_di
 from pdiff.report.output import bars, jsonable, write_text
 from pdiff.report.protocols import (
     HM_TARGET,
-    METHOD_NAMES,
     PROTOCOL_TITLES,
-    PUBLISHED,
     TRANSFER,
     Lookup,
     base2new_table,
@@ -46,7 +45,8 @@ from pdiff.report.protocols import (
     write_base2new,
     write_transfer,
 )
-from pdiff.report.records import DEFAULT, index_evaluations
+from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TRANSFER
+from pdiff.report.records import DEFAULT, index_evaluations, variant_label
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     """Write the protocol tables, figures and summary.json under `out_dir`.
 
     `params` = {"protocols": config.protocols, "methods": config.methods, "seeds": config.seeds,
-    "reference": config.report.reference, "ablation_protocols": [...] (optional)}. Raises
+    "reference": config.report.reference, "ablation_protocols": [...] (optional), "presets":
+    {preset: {method: {stage: folder}}} (optional: each preset's own prompt-diffusion row)}. Raises
     PdiffError naming the file for a missing or malformed input, and listing every evaluation
     the protocols need that is not among `inputs`.
     """
@@ -93,12 +94,14 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     out_dir = Path(out_dir)
     index = index_evaluations(Path(p) for p in inputs)
     acc = Lookup(index)
-    rows = table_rows(methods)
+    presets = params.get("presets") or {}
+    rows = table_rows(methods, presets)
 
     summary: dict[str, Any] = {
         "seeds": seeds,
         "methods": methods,
-        "rows": [{"label": r.label, "method": r.method, "mode": r.mode} for r in rows],
+        "rows": [{"label": r.label, "method": r.method, "mode": r.mode, "tag": r.tag}
+                 for r in rows],
         "hm_convention": "HM = 2*B*N/(B+N) from base and new averaged over datasets",
     }
     tables: dict[str, list[dict]] = {}
@@ -123,11 +126,16 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
         write_diagnosis(out_dir, diag, underfit)
         summary["diagnosis"] = diag
         summary["underfit_dits"] = underfit
-    if any(k[-1] != DEFAULT for k in index):  # prompt diffusion evaluated in other settings
-        settings = ablation_rows(index, ablated, methods, seeds)
+    # The ablation compares settings that change one stage; a preset that changes more is a
+    # protocol row of its own, not an ablation setting.
+    whole = {variant_label(combo) for p in presets.values() for combo in p.values()
+             if sum(name != DEFAULT for name in combo.values()) > 1}
+    settings_index = {k: r for k, r in index.items() if k[-1] not in whole}
+    if any(k[-1] != DEFAULT for k in settings_index):  # prompt diffusion in other settings
+        settings = ablation_rows(settings_index, ablated, methods, seeds)
         write_ablation(out_dir, settings)
         summary["ablation"] = settings
-        used |= {k for k in index if k[-1] != DEFAULT}
+        used |= {k for k in settings_index if k[-1] != DEFAULT}
     unused = len(index) - len(used)
     if unused:
         log.warning("report: %d input evaluation(s) are not used by any protocol table", unused)
@@ -158,9 +166,8 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     for protocol in TRANSFER:
         if protocol in tables:
             spec = protocols[protocol]
-            write_transfer(
-                out_dir, protocol, tables[protocol], spec["source"], list(spec["targets"]), seeds
-            )
+            write_transfer(out_dir, protocol, tables[protocol], spec["source"],
+                           list(spec["targets"]), seeds, reference)
             summary[protocol] = {
                 "source": spec["source"],
                 "targets": list(spec["targets"]),
@@ -184,7 +191,12 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
 
     if reference:
         summary["reference"] = {
-            METHOD_NAMES[m]: {"base": b, "new": n, "hm": h} for m, (b, n, h) in PUBLISHED.items()
+            "base2new": {m: asdict(p) for m, p in PUBLISHED_B2N.items()},
+            **{
+                protocol: {m: asdict(p) for m, p in PUBLISHED_TRANSFER[protocol].items()}
+                for protocol in TRANSFER
+                if protocol in tables
+            },
         }
     summary["cost"] = evaluation_cost(index, acc.used, rows)
     summary["inputs"] = sorted({r["_file"] for r in index.values()})

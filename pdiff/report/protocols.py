@@ -15,7 +15,8 @@ from typing import Any
 
 from pdiff.errors import PdiffError
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
-from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se
+from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
+from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se, variant_label
 
 #: Display names of the host methods.
 METHOD_NAMES = {
@@ -26,19 +27,6 @@ METHOD_NAMES = {
     "vpt": "VPT",
     "maple": "MaPLe",
     "promptsrc": "PromptSRC",
-}
-
-
-#: Published base-to-new averages over the 11 datasets (ViT-B/16, 16 shots, 3 seeds):
-#: method -> (base, new, HM).
-PUBLISHED = {
-    "zeroshot": (69.34, 74.22, 71.70),
-    "coop": (82.69, 63.22, 71.66),
-    "cocoop": (80.47, 71.69, 75.83),
-    "kgcoop": (80.73, 73.60, 77.00),
-    "vpt": (80.24, 73.43, 76.68),
-    "maple": (82.28, 75.14, 78.55),
-    "promptsrc": (84.26, 76.10, 79.97),
 }
 
 
@@ -61,19 +49,43 @@ def harmonic_mean(base: float, new: float) -> float:
     return 2.0 * base * new / (base + new) if base + new else 0.0
 
 
+#: The tag of prompt diffusion as configured, beside a preset's rows (e.g. the paper's).
+PDIFF = "pdiff"
+
+
 @dataclass(frozen=True)
 class Row:
-    """One row of every table: zero-shot CLIP, or a host method in baseline or diffusion mode."""
+    """One row of every table: zero-shot CLIP, or a host method in baseline or diffusion mode.
+    A diffusion row reads the evaluations of one setting (`default`: as configured) and, beside
+    a preset, is tagged with the preset's name or `pdiff`."""
 
     method: str
     mode: str
+    setting: str = DEFAULT
+    tag: str | None = None
 
     @property
     def label(self) -> str:
         if self.mode == "zeroshot":
             return METHOD_NAMES["zeroshot"]
         name = METHOD_NAMES.get(self.method, self.method)
-        return name if self.mode == "baseline" else f"{name} + prompt diffusion"
+        if self.mode == "baseline":
+            return name
+        return f"{name} + prompt diffusion" + (f" ({self.tag})" if self.tag else "")
+
+
+def published_label(method: str) -> str:
+    return f"{METHOD_NAMES.get(method, method)} (published)"
+
+
+def _host_row(ours: dict, method: str) -> dict | None:
+    """Our row of `method` without prompt diffusion (zero-shot CLIP's own row for zeroshot)."""
+    return ours.get((method, "zeroshot" if method == "zeroshot" else "baseline"))
+
+
+def _sources(refs: dict[str, str]) -> str:
+    """The source of each published row, one line each."""
+    return "".join(f"- {published_label(m)}: {ref}\n" for m, ref in refs.items())
 
 
 class Lookup:
@@ -85,7 +97,8 @@ class Lookup:
         self.used: set[Key] = set()
 
     def __call__(self, row: Row, seed, train_dataset, train_classes, target, split) -> float:
-        variant = DEFAULT if row.mode != "diffusion" else self.variant
+        variant = DEFAULT if row.mode != "diffusion" else (
+            self.variant if row.setting == DEFAULT else row.setting)
         key = make_key(row.mode, row.method, train_dataset, train_classes, seed, target, split,
                    variant)
         record = self.index.get(key)
@@ -112,11 +125,18 @@ class Lookup:
             )
 
 
-def table_rows(methods: Sequence[str]) -> list[Row]:
+def table_rows(methods: Sequence[str], presets: dict[str, dict[str, dict]] | None = None
+               ) -> list[Row]:
+    """Zero-shot CLIP, then per method its host row, prompt diffusion as configured and, per
+    preset, prompt diffusion in the preset's setting (`presets`: preset -> method -> its
+    {stage: folder})."""
+    presets = presets or {}
     rows = [Row("zeroshot", "zeroshot")]
     for m in methods:
         if m != "zeroshot":
-            rows += [Row(m, "baseline"), Row(m, "diffusion")]
+            rows += [Row(m, "baseline"), Row(m, "diffusion", tag=PDIFF if presets else None)]
+            rows += [Row(m, "diffusion", variant_label(p[m]), tag=name)
+                     for name, p in presets.items()]
     return rows
 
 
@@ -130,6 +150,7 @@ def _row_header(row, row_seeds) -> dict:
         "label": row.label,
         "method": row.method,
         "mode": row.mode,
+        "tag": row.tag,
         "n_seeds": len(row_seeds),
         "seeds": [s for s in row_seeds if s is not None],
     }
@@ -189,11 +210,12 @@ def _dataset_average(row: dict, seed: str) -> dict[str, float]:
 def diffusion_gains(table: list[dict]) -> list[dict]:
     """Prompt diffusion minus its host, per method: base, new and HM of the dataset averages,
     with the standard error of the paired per-seed differences."""
-    rows = {(r["method"], r["mode"]): r for r in table}
+    hosts = {r["method"]: r for r in table if r["mode"] == "baseline"}
     out = []
-    for (method, mode), host in rows.items():
-        pd = rows.get((method, "diffusion"))
-        if mode != "baseline" or pd is None:
+    for pd in table:
+        method = pd["method"]
+        host = hosts.get(method)
+        if pd["mode"] != "diffusion" or host is None:
             continue
         seeds = [s for s in host["per_seed"] if s in pd["per_seed"]]
         diffs: dict[str, list[float]] = {"base": [], "new": [], "hm": []}
@@ -203,8 +225,9 @@ def diffusion_gains(table: list[dict]) -> list[dict]:
                 diffs[k].append(p[k] - h[k])
             hm = harmonic_mean(p["base"], p["new"]) - harmonic_mean(h["base"], h["new"])
             diffs["hm"].append(hm)
-        gain = {"method": method, "label": METHOD_NAMES.get(method, method),
-                "n_seeds": len(seeds)}
+        name = METHOD_NAMES.get(method, method)
+        gain = {"method": method, "tag": pd["tag"],
+                "label": name + (f" ({pd['tag']})" if pd["tag"] else ""), "n_seeds": len(seeds)}
         for k in ("base", "new", "hm"):
             gain[k] = pd["average"][k] - host["average"][k]
             gain[f"{k}_se"] = se(diffs[k])
@@ -251,6 +274,7 @@ def evaluation_cost(index: dict[Key, dict], used: set[Key], rows: Sequence[Row])
             index[k]
             for k in sorted(used, key=repr)
             if k[0] == row.mode and (row.mode == "zeroshot" or k[1] == row.method)
+            and (row.mode != "diffusion" or k[-1] == row.setting)
         ]
         if not recs:
             continue
@@ -295,15 +319,16 @@ def write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference:
     if reference:
         avg_header += ["Δ Base", "Δ New", "Δ HM"]
         avg_rows = [r + ["", "", ""] for r in avg_rows]
-        for method, (pb, pn, ph) in PUBLISHED.items():
-            mine = ours.get((method, "zeroshot" if method == "zeroshot" else "baseline"))
-            if mine is None:
-                delta = ["–", "–", "–"]
-            else:
-                a = mine["average"]
-                delta = [signed(a["base"] - pb), signed(a["new"] - pn), signed(a["hm"] - ph)]
-            label = f"{METHOD_NAMES[method]} (published)"
-            avg_rows.append([label, f"{pb:.2f}", f"{pn:.2f}", f"{ph:.2f}", "3", *delta])
+        for method, pub in PUBLISHED_B2N.items():
+            mine = _host_row(ours, method)
+            published = {"base": pub.base, "new": pub.new, "hm": pub.hm}
+            delta = [
+                "–" if mine is None else signed(mine["average"][k] - published[k])
+                for k in ("base", "new", "hm")
+            ]
+            avg_rows.append(
+                [published_label(method), *(fmt(v) for v in published.values()), "3", *delta]
+            )
 
     per_header = ["Method"] + [f"{d} {m}" for d in datasets for m in ("base", "new", "HM")]
     per_rows = []
@@ -327,6 +352,7 @@ def write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference:
             "(published): the 11-dataset averages of the papers (CLIP ViT-B/16, 16 shots, 3 "
             "seeds); Δ = ours − published, for the row of the same method.\n"
         )
+        text.append(_sources({m: p.ref for m, p in PUBLISHED_B2N.items()}))
     gains = diffusion_gains(table)
     if gains:
         text.append("## Prompt diffusion against its host method\n")
@@ -354,7 +380,8 @@ def write_base2new(out_dir: Path, table: list[dict], datasets, seeds, reference:
     write_text(out_dir / "base2new.md", "\n".join(text))
 
 
-def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targets, seeds):
+def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targets, seeds,
+                   reference: bool) -> None:
     header = ["row", "method", "mode", "n_seeds", source, f"{source}_se"]
     for t in targets:
         header += [t, f"{t}_se"]
@@ -381,6 +408,20 @@ def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targ
         ]
         for r in table
     ]
+    published = PUBLISHED_TRANSFER[protocol] if reference else {}
+    if published:
+        ours = {(r["method"], r["mode"]): r for r in table}
+        md_header += ["Δ Source", "Δ Average"]
+        md_rows = [r + ["", ""] for r in md_rows]
+        for method, pub in published.items():
+            mine = _host_row(ours, method)
+            delta = ["–", "–"]
+            if mine is not None:
+                delta[1] = signed(mine["average"]["accuracy"] - pub.average)
+                if pub.imagenet is not None:
+                    delta[0] = signed(mine["source"]["accuracy"] - pub.imagenet)
+            md_rows.append([published_label(method), fmt(pub.imagenet), *["–"] * len(targets),
+                            fmt(pub.average), "3", *delta])
     text = [f"# {PROTOCOL_TITLES[protocol]}\n"]
     text.append(
         f"Prompts learned on all classes of {source}; accuracy on the source, on each {what} "
@@ -389,4 +430,11 @@ def write_transfer(out_dir: Path, protocol: str, table: list[dict], source, targ
         + "\n"
     )
     text.append(md_table(md_header, md_rows))
+    if published:
+        text.append(
+            f"(published): the papers' accuracy on ImageNet, the source, and the average over "
+            f"{PUBLISHED_TARGETS[protocol]} (CLIP ViT-B/16, 16 shots, 3 seeds; – where no source "
+            "gave the number); Δ = ours − published, for the row of the same method.\n"
+        )
+        text.append(_sources({m: p.ref for m, p in published.items()}))
     write_text(out_dir / f"{protocol}.md", "\n".join(text))

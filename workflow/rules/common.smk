@@ -225,12 +225,18 @@ VARIANT_METHODS = {
 }
 
 
+def section_config(stage):
+    """The `stage` section as configured, without its per-method entries."""
+    return {k: v for k, v in config[stage].items() if k != "per_method"}
+
+
 def stage_config(stage, variant, method):
     """The `stage` section for `method` (its `per_method` entry over the section), with
-    `variant`'s override applied."""
-    section = {k: v for k, v in config[stage].items() if k != "per_method"}
+    `variant`'s override applied; a preset's folder name gives that preset's section."""
+    if variant not in VARIANTS[stage]:
+        return PRESET_STAGES[stage, method][variant]
     return {
-        **section,
+        **section_config(stage),
         **config[stage].get("per_method", {}).get(method, {}),
         **VARIANTS[stage][variant],
     }
@@ -282,6 +288,129 @@ STAGE_KEYS = {
 }
 check_variants()
 
+# ---------------------------------------------------------------------------------------------
+# Presets (the `presets` key): whole settings of prompt diffusion evaluated beside the
+# configured one, each a row of its own in the report. A preset drops the sections' per-method
+# entries (pdiff's choices per host) and sets its keys over each section. Each stage's output
+# goes where an equal setting's goes: `default` when the stage's config equals the method's
+# default, else the folder named by the keys in which it differs, the name an ablation entry
+# changing just those keys gets. So a preset computes only the stages it changes, per method,
+# and shares a store, DiT or evaluation with any equal setting.
+# ---------------------------------------------------------------------------------------------
+
+# The paper's method (arXiv 2410.20164): per-sample overfitting with the host's own loss (no
+# KL anchor), a DiT trained on the whole store with the diffusion loss alone (no classification
+# term, no hold-out), sampling from Gaussian prompts in five ODE steps. Values spelled as the
+# ablation entries that set them (kl_weight 0.0), so equal settings get equal folder names.
+PRESET_SETTINGS = {
+    "paper": {
+        "overfit": {"kl_weight": 0.0},
+        "diffusion": {"cls_weight": 0.0, "holdout": 0.0},
+        "sampling": {"start": "noise", "steps": 5},
+    },
+}
+PRESETS = config["presets"]
+
+
+def preset_stage(preset, stage, method):
+    """(folder name, config) of `preset`'s `stage` section for `method`."""
+    default = stage_config(stage, DEFAULT, method)
+    # a key only a per-method entry sets (cls_batch) takes its absent value, null
+    setting = {
+        **dict.fromkeys(default),
+        **section_config(stage),
+        **PRESET_SETTINGS[preset][stage],
+    }
+    diff = {k: v for k, v in setting.items() if v != default.get(k)}
+    if not diff:
+        return DEFAULT, default
+    name = variant_name(diff)
+    if name in VARIANTS[stage] and stage_config(stage, name, method) != setting:
+        raise WorkflowError(
+            f"config: preset {preset!r} and ablation.{stage} entry {name} share a folder name "
+            f"but differ for {method}; change the ablation entry."
+        )
+    return name, setting
+
+
+def preset_tables():
+    """(stage, method) -> folder name -> config of every preset's stage output, and preset ->
+    method -> its (overfit, diffusion, sampling) folders; each config validated."""
+    stages = {(stage, method): {} for stage in STAGES for method in TRAINED_METHODS}
+    combos = {preset: {} for preset in PRESETS}
+    for preset in PRESETS:
+        for method in TRAINED_METHODS:
+            combo = []
+            for stage in STAGES:
+                name, setting = preset_stage(preset, stage, method)
+                try:
+                    validate({**config, stage: setting}, SCHEMA)
+                except WorkflowError as e:
+                    raise WorkflowError(
+                        f"config: preset {preset!r}, {stage} of {method}: {e}"
+                    )
+                stages[stage, method][name] = setting
+                combo.append(name)
+            combos[preset][method] = tuple(combo)
+    return stages, combos
+
+
+PRESET_STAGES, PRESET_COMBOS = preset_tables()
+
+
+def stage_names(stage):
+    """Every folder name of `stage`'s outputs: the ablation's variants and the presets'."""
+    return set(VARIANTS[stage]).union(
+        *(PRESET_STAGES[stage, method] for method in TRAINED_METHODS)
+    )
+
+
+# A run's training recipe: `method_params.<method>` less its override keys, then the override of
+# the run's protocol (`per_protocol`), then that of its training dataset (`per_dataset`). The
+# protocol follows from the class set: a base-class run is base-to-new's; the one all-class source
+# run is `transfer`, since cross-dataset and domain generalisation evaluate that same run (as in
+# the papers, whose DG numbers come from the cross-dataset ImageNet model), so one recipe serves
+# both. A method without overrides gives the same params as before they existed.
+RECIPE_OVERRIDES = ("per_protocol", "per_dataset")
+PROTOCOL_RECIPE = {"base": "base2new", "all": "transfer"}
+
+
+def method_params(method, dataset, classes):
+    params = config["method_params"][method]
+    return {
+        **{k: v for k, v in params.items() if k not in RECIPE_OVERRIDES},
+        **params.get("per_protocol", {}).get(PROTOCOL_RECIPE[classes], {}),
+        **params.get("per_dataset", {}).get(dataset, {}),
+    }
+
+
+def check_recipes():
+    """Each protocol's and dataset's recipe of a method validates as that method's block."""
+    for method, params in config["method_params"].items():
+        shared = {k: v for k, v in params.items() if k not in RECIPE_OVERRIDES}
+        for where in RECIPE_OVERRIDES:
+            for key, override in params.get(where, {}).items():
+                name = f"method_params.{method}.{where}.{key}"
+                if where == "per_dataset" and key not in config["datasets"]:
+                    raise WorkflowError(
+                        f"config: {name} names a dataset that is not in the `datasets` "
+                        "catalogue; fix the name or add the dataset."
+                    )
+                nested = sorted(set(RECIPE_OVERRIDES) & set(override))
+                if nested:
+                    raise WorkflowError(
+                        f"config: {name} sets {nested}; overrides do not nest, set the keys "
+                        "of the recipe itself."
+                    )
+                merged = {**config["method_params"], method: {**shared, **override}}
+                try:
+                    validate({**config, "method_params": merged}, SCHEMA)
+                except WorkflowError as e:
+                    raise WorkflowError(f"config: {name}: {e}")
+
+
+check_recipes()
+
 # The protocols the settings are compared on (`ablation.protocols`; default: base-to-new, else
 # the transfer protocols). Cross-dataset and DG share the all-class source run, whose one
 # evaluation job covers every transfer target.
@@ -322,9 +451,9 @@ def alternation(names):
 
 
 wildcard_constraints:
-    ov=alternation(VARIANTS["overfit"]),
-    dv=alternation(VARIANTS["diffusion"]),
-    sv=alternation(VARIANTS["sampling"]),
+    ov=alternation(stage_names("overfit")),
+    dv=alternation(stage_names("diffusion")),
+    sv=alternation(stage_names("sampling")),
     dataset=alternation(config["datasets"]),
     method=alternation(TRAINED_METHODS),
     classes="base|all",
@@ -362,8 +491,8 @@ def world_json():
     return to_json(world)
 
 
-def method_json(method):
-    return to_json(config["method_params"][method])
+def method_json(method, dataset, classes):
+    return to_json(method_params(method, dataset, classes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +732,30 @@ def report_inputs(wildcards=None):
                     for c in combos
                     if compares(c, m)
                 ]
-    return paths
+                paths += [
+                    eval_path(d, m, classes, s, "diffusion", PRESET_COMBOS[p][m])
+                    for p in PRESETS
+                ]
+    return list(dict.fromkeys(paths))  # a preset's evaluation may be another setting's
+
+
+def report_params():
+    """What the report reads besides the evaluations: the protocols, methods and seeds, and each
+    preset's (overfit, diffusion, sampling) folders per method (only with presets, so a config
+    without them keeps its report params)."""
+    params = {
+        "protocols": config["protocols"],
+        "methods": config["methods"],
+        "seeds": config["seeds"],
+        "ablation_protocols": ABLATION_PROTOCOLS,
+        "reference": config["report"]["reference"],
+    }
+    if PRESETS:
+        params["presets"] = {
+            p: {m: dict(zip(STAGES, combo)) for m, combo in combos.items()}
+            for p, combos in PRESET_COMBOS.items()
+        }
+    return params
 
 
 def diagnostics_inputs(wildcards=None):

@@ -23,7 +23,9 @@ rule train:
         gpu=GPU,
     params:
         code=train_fingerprint,
-        method=lambda wildcards: method_json(wildcards.method),
+        method=lambda wildcards: method_json(
+            wildcards.method, wildcards.dataset, wildcards.classes
+        ),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
         augment=augment_arg(),

@@ -21,15 +21,7 @@ rule report:
         runtime=10,
     params:
         code=code_fingerprint("pdiff/report"),
-        report=to_json(
-            {
-                "protocols": config["protocols"],
-                "methods": config["methods"],
-                "seeds": config["seeds"],
-                "ablation_protocols": ABLATION_PROTOCOLS,
-                "reference": config["report"]["reference"],
-            }
-        ),
+        report=to_json(report_params()),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
         "pdiff report --inputs {input.evaluations:q}"
