@@ -53,14 +53,18 @@ def views_of(augment: dict | None) -> int:
 
 @torch.no_grad()
 def encode_all(backbone: Backbone, dataset: ImageDataset, batch_size: int, workers: int,
-               draw: int = 0, desc: str = "features") -> np.ndarray:
-    """Features [N, E] of every item, streamed batch by batch (only the features are kept)."""
-    out = np.empty((len(dataset), backbone.embed_dim), dtype=np.float32)
-    order = [(i, draw) for i in range(len(dataset))]
-    for pixels, _, index in tqdm(image_loader(dataset, order, batch_size, workers), desc=desc,
-                                 mininterval=10):
-        out[index.numpy()] = backbone.encode_images(pixels).cpu().numpy()
-    return out
+               draws: Sequence[int] = (0,), desc: str = "features") -> np.ndarray:
+    """Features [len(draws), N, E] of every item under every draw (one random view each),
+    streamed through one DataLoader batch by batch (only the features are kept)."""
+    n = len(dataset)
+    out = np.empty((len(draws) * n, backbone.embed_dim), dtype=np.float32)
+    order = [(i, d) for d in draws for i in range(n)]
+    done = 0
+    for pixels, _, _ in tqdm(image_loader(dataset, order, batch_size, workers), desc=desc,
+                             mininterval=10):
+        out[done : done + len(pixels)] = backbone.encode_images(pixels).cpu().numpy()
+        done += len(pixels)
+    return out.reshape(len(draws), n, -1)
 
 
 def write_features(out: str | os.PathLike, backbone: Backbone, image_root: Path, dataset: str,
@@ -80,15 +84,14 @@ def write_features(out: str | os.PathLike, backbone: Backbone, image_root: Path,
                              dtype=h5py.string_dtype("utf-8"))
             g.create_dataset("labels", data=np.array([d.label for d in data], dtype=np.int64))
             feats = encode_all(backbone, ImageDataset(image_root, data, plain), batch_size,
-                               workers, desc=f"{dataset}/{name}")
+                               workers, desc=f"{dataset}/{name}")[0]
             g.create_dataset("features", data=feats, chunks=(min(CHUNK_ROWS, len(data)),
                                                              feats.shape[1]))
             if name == "train" and views:
                 aug = ImageDataset(image_root, data, backbone.transform(augment))
-                g.create_dataset("augmented", data=np.stack(
-                    [encode_all(backbone, aug, batch_size, workers, draw=v,
-                                desc=f"{dataset}/{name} view {v + 1}/{views}")
-                     for v in range(views)], axis=1))
+                g.create_dataset("augmented", data=encode_all(
+                    backbone, aug, batch_size, workers, range(views),
+                    f"{dataset}/{name}, {views} views").transpose(1, 0, 2))
     log.info("cached features of %s (%s) in %s", dataset, ", ".join(
         f"{k}: {len(v)}" for k, v in parts.items()), out)
 

@@ -62,7 +62,7 @@ class ImageList:
                 self._held = self.cache.read(self.rows)
             else:
                 self._held = torch.from_numpy(encode_all(
-                    self.backbone, self._dataset(None), self.batch_size, self.workers))
+                    self.backbone, self._dataset(None), self.batch_size, self.workers)[0])
         return self._held
 
     def _dataset(self, augment: dict | None) -> ImageDataset:

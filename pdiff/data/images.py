@@ -87,12 +87,13 @@ class ImageDataset(Dataset):
 def image_loader(dataset: ImageDataset, order: Iterable[int | tuple[int, int]] | None = None,
                  batch_size: int = 64, workers: int = 0) -> DataLoader:
     """Batches of ``(pixels [B,3,H,W], labels [B], indices [B])`` in ``order`` (default: the
-    list's order); ``workers`` decode in parallel processes (the rule's threads)."""
+    list's order); ``workers`` decode in parallel processes (the rule's threads) when there is
+    more than one batch to overlap."""
     if not len(dataset):
         raise PdiffError(
             f"no images to load from {dataset.image_root}: the item list is empty; check the "
             "split or few-shot file and the subsample setting"
         )
-    return DataLoader(dataset, batch_size=batch_size,
-                      sampler=list(range(len(dataset))) if order is None else list(order),
-                      num_workers=workers, persistent_workers=False)
+    order = list(range(len(dataset))) if order is None else list(order)
+    return DataLoader(dataset, batch_size=batch_size, sampler=order,
+                      num_workers=workers if len(order) > batch_size else 0)
