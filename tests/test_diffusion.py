@@ -256,6 +256,33 @@ def test_normaliser_round_trip(target: str, normalise: str) -> None:
     assert (again.target, again.normalise) == (target, normalise)
 
 
+@pytest.mark.parametrize("normalise", ["scalar", "per_dim"])
+def test_normaliser_statistics_stream_over_row_blocks(normalise: str, monkeypatch) -> None:
+    """Fitted in blocks of 5 rows from an h5py dataset, the statistics equal those of the
+    whole store in memory."""
+    import h5py
+
+    import pdiff.diffusion.normalise as nm
+
+    mask = _mask()
+    store = _store(n=23, mask=mask)
+    whole = TargetNormaliser.fit(store.prompts, store.init_prompt, normalise=normalise,
+                                 token_mask=mask)
+    monkeypatch.setattr(nm, "STATS_ROWS", 5)
+    with h5py.File("mem.h5", "w", driver="core", backing_store=False) as f:
+        rows = f.create_dataset("prompts", data=store.prompts)
+        blocked = TargetNormaliser.fit(rows, store.init_prompt, normalise=normalise,
+                                       token_mask=mask)
+    for name in ("mean", "std"):
+        torch.testing.assert_close(getattr(blocked, name), getattr(whole, name))
+    real = torch.as_tensor(store.prompts, dtype=torch.float64)[:, torch.as_tensor(mask)]
+    real = real - torch.as_tensor(store.init_prompt, dtype=torch.float64)[torch.as_tensor(mask)]
+    if normalise == "scalar":  # the direct definition: all real entries of all rows at once
+        assert float(whole.mean[0, 0]) == pytest.approx(float(real.mean()), rel=1e-6)
+        assert float(whole.std[0, 0]) == pytest.approx(float(real.std(unbiased=False)),
+                                                       rel=1e-6)
+
+
 def test_normaliser_single_sample_is_finite() -> None:
     store = _store(n=1)
     for normalise in ("scalar", "per_dim"):

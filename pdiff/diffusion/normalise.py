@@ -27,6 +27,7 @@ from pdiff.errors import PdiffError
 TARGETS = ("residual", "absolute")
 NORMALISE = ("scalar", "per_dim")
 _TENSORS = ("offset", "mean", "std", "mask")
+STATS_ROWS = 4096  # rows per block of the statistics pass
 
 
 def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
@@ -61,7 +62,7 @@ class TargetNormaliser:
     @classmethod
     def fit(
         cls,
-        prompts: Tensor | np.ndarray,
+        prompts: Tensor | np.ndarray | Any,
         init_prompt: Tensor | np.ndarray,
         *,
         target: str = "residual",
@@ -69,40 +70,51 @@ class TargetNormaliser:
         token_mask: Tensor | np.ndarray | None = None,
         eps: float = 1e-6,
     ) -> TargetNormaliser:
-        """Fit statistics on ``prompts [N, T, D]`` (real entries only)."""
+        """Fit statistics on ``prompts [N, T, D]`` (real entries only): an array, a tensor or
+        anything sliced by rows (an h5py dataset), read in blocks of rows."""
         if target not in TARGETS:
             raise PdiffError(f"unknown diffusion target {target!r}; valid: {', '.join(TARGETS)}")
         if normalise not in NORMALISE:
             raise PdiffError(
                 f"unknown diffusion normalise {normalise!r}; valid: {', '.join(NORMALISE)}"
             )
-        # Statistics in float64: residuals are small and N*T*D sums can be long.
-        p = _as_tensor(prompts).double().cpu()
+        # Statistics in float64 (residuals are small and N*T*D sums can be long), in two
+        # streaming passes over blocks of rows: no float64 copy of the whole store.
         init = _as_tensor(init_prompt).double().cpu()
-        if p.ndim != 3 or init.shape != p.shape[1:]:
+        if len(prompts.shape) != 3 or tuple(init.shape) != tuple(prompts.shape[1:]):
             raise PdiffError(
-                f"prompts {tuple(p.shape)} and init_prompt {tuple(init.shape)} do not match "
-                "[N, T, D] / [T, D]"
+                f"prompts {tuple(prompts.shape)} and init_prompt {tuple(init.shape)} do not "
+                "match [N, T, D] / [T, D]"
             )
         mask = (
             torch.ones(init.shape, dtype=torch.bool)
             if token_mask is None
             else _as_tensor(token_mask).bool().cpu()
         )
+        if not mask.any():
+            raise PdiffError("token_mask marks no real entries; cannot fit the normaliser")
         offset = init if target == "residual" else torch.zeros_like(init)
         offset = torch.where(mask, offset, torch.zeros_like(offset))
-        r = p - offset
-        real = r[:, mask]  # [N, n_real]
-        if real.numel() == 0:
-            raise PdiffError("token_mask marks no real entries; cannot fit the normaliser")
-        overall_std = float(real.std(unbiased=False))
+
+        def blocks():
+            for i in range(0, len(prompts), STATS_ROWS):
+                yield _as_tensor(prompts[i : i + STATS_ROWS]).double().cpu() - offset
+
+        n = len(prompts)
+        entry_mean = sum(r.sum(0) for r in blocks()) / n  # [T, D]
+        entry_var = sum(((r - entry_mean) ** 2).sum(0) for r in blocks()) / n
+        # the overall moments of the real entries, from the per-entry ones
+        real_mean = entry_mean[mask].mean()
+        overall_std = float(
+            (entry_var[mask] + (entry_mean[mask] - real_mean) ** 2).mean().sqrt()
+        )
         if normalise == "scalar":
-            mean = torch.full(init.shape, float(real.mean()), dtype=torch.float64)
+            mean = torch.full(init.shape, float(real_mean), dtype=torch.float64)
             std = torch.full(init.shape, max(overall_std, eps), dtype=torch.float64)
         else:
-            mean = r.mean(dim=0)
+            mean = entry_mean
             floor = max(eps, 1e-3 * overall_std)
-            std = r.std(dim=0, unbiased=False).clamp_min(floor)
+            std = entry_var.sqrt().clamp_min(floor)
         # Padded entries: identity statistics, so the affine map is harmless there.
         mean = torch.where(mask, mean, torch.zeros_like(mean))
         std = torch.where(mask, std, torch.ones_like(std))
