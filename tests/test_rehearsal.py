@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import open_clip
 import pytest
 import torch
@@ -21,7 +24,7 @@ from pdiff.cli import build_parser, main
 from pdiff.data import KNOWN_DATASETS, load_image, read_split
 from pdiff.data.rehearsal import MARKER, write_rehearsal
 from pdiff.errors import PdiffError
-from tests.test_workflow_static import REPO, _shell_commands, plan, snakemake, write_config
+from tests.test_workflow_static import BIN, REPO, _shell_commands, plan, snakemake, write_config
 
 TINY = {"seed": 0, "train_per_class": 1, "val_per_class": 1, "test_per_class": 1,
         "min_side": 16, "max_side": 64}
@@ -167,3 +170,40 @@ def test_rehearsal_parts_are_refused_outside_a_rehearsal(tmp_path, overlay, name
     assert res.returncode != 0
     for text in [*named, "not marked `rehearsal: true`"]:
         assert text in out, (text, out[-2000:])
+
+
+# The rehearsal's CI slice: a textual and an image-prompt method through ImageNet's 1,000
+# classes (the transfer source) and two targets of other shapes, end to end for real.
+SLICE = {
+    "methods": ["coop", "vpt"],
+    "presets": [],
+    "protocols": {"base2new": None,
+                  "cross_dataset": {"source": "ImageNet", "targets": ["EuroSAT"]},
+                  "domain_generalization": {"source": "ImageNet", "targets": ["ImageNetA"]}},
+    "limit": {"train_images": 4, "test_images": 4},
+}
+
+
+@pytest.mark.workflow
+def test_rehearsal_slice_runs_end_to_end(tmp_path):
+    """prepare -> check -> features -> train -> overfit -> DiT -> evaluate -> report with
+    the benchmark's recipes, a real 224-px architecture and the real formats."""
+    overlay = write_config(tmp_path, SLICE, "slice.yaml")
+    res = subprocess.run(
+        [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+         str(tmp_path), "--configfile", str(BENCHMARK), str(REHEARSAL), str(overlay),
+         "--workflow-profile", "none", "--cores", "2"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1",
+             "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    results = tmp_path / "results" / "rehearsal"
+    records = [r for f in (results / "runs").rglob("eval/**/*.json")
+               for r in json.loads(f.read_text())["evaluations"]]
+    assert {(r["method"], r["target"]) for r in records} == {
+        (m, t) for m in ("coop", "vpt") for t in ("ImageNet", "EuroSAT", "ImageNetA")}
+    assert all(r["total"] == 4 for r in records)
+    for line in (results / "report" / "cross_dataset.md").read_text().splitlines():
+        assert "nan" not in line.lower(), line
+    with h5py.File(results / "features" / "ImageNet" / "test.h5") as f:
+        assert len(f["test/features"]) == 4
