@@ -217,6 +217,26 @@ def test_smoke_config_is_self_contained():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_feature_caches_are_planned_once_and_read_by_every_method_and_seed(tmp_path):
+    """One cache per test split and per draw, whatever method, seed or mode reads it."""
+    cfg = load(SMOKE) | {"seeds": [1, 2], "methods": ["coop", "maple", "vpt"]}
+    cfg["method_params"]["vpt"] = {"n_ctx": 2, "depth": 1, "optimizer": "adam", "lr": 0.01,
+                                   "batch_size": 8, "epochs": 1}
+    res = snakemake(tmp_path, "-n", "-p", configfile=write_config(tmp_path, cfg))
+    assert res.returncode == 0, res.stdout + res.stderr
+    cmds = _shell_commands(res.stdout + res.stderr)
+    made = Counter(a[a.index("--out") + 1] for a in cmds if a[1] == "features")
+    assert set(made.values()) == {1} and len(made) == 3 + 2 * 2  # 3 test splits, 2 x 2 draws
+    read = Counter(a[a.index("--features") + 1] for a in cmds if a[1] in ("train", "overfit"))
+    draw = "results/smoke/features/shapes/shots4_seed1.h5"
+    assert read[draw] == 2 * 3 * 2  # base and all-class runs x 3 methods x (train, overfit)
+    tests = Counter(p for a in cmds if a[1] == "evaluate"
+                    for p in json.loads(a[a.index("--features") + 1]).values())
+    # zero-shot, then per seed and method: baseline and diffusion of its base run and of the
+    # all-class source run (icons is a cross-dataset target too)
+    assert tests["results/smoke/features/icons/test.h5"] == 1 + 2 * 3 * 2 * 2
+
+
 def test_demo_plan(tmp_path):
     counts, _ = plan(tmp_path, DEMO)
     assert counts == expected_counts(load(DEMO))
