@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pdiff.backbone import load_backbone
+from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import load_prompt
 from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
@@ -67,6 +68,8 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
     set_seed(seed)
     device = get_device()
     backbone = load_backbone(backbone_spec, device)
+    backbone.max_pairs = max_pairs(params)
+    params = stage_params(params)  # what the DiT records
     method, _ = load_prompt(prompt, backbone)
     method.requires_grad_(False)
     data = read_store(store, expect_method=method.name, expect_backbone=backbone.identity)

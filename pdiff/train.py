@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
+from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import save_prompt
 from pdiff.data import (
     DatasetSpec,
@@ -56,8 +57,10 @@ def epoch_lr(epoch: int, cfg: dict) -> float:
 
 
 @torch.no_grad()
-def accuracy(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, batch: int = 512
-             ) -> float:
+def accuracy(method: PromptMethod, inputs: Inputs, labels: torch.Tensor) -> float:
+    """Top-1 accuracy (%) of the learned prompt, in batches whose images x classes fit the
+    budget (the logits, and CoCoOp's per-image class texts)."""
+    batch = max(1, method.backbone.max_pairs // len(method.classnames))
     correct = 0
     for i in range(0, len(inputs), batch):
         pred = method.logits(inputs[i : i + batch], None).argmax(-1)
@@ -113,6 +116,8 @@ def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, d
           fewshot: str, classes: str, seed: int, out: str) -> dict:
     gen = set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
+    backbone.max_pairs = max_pairs(params)
+    params = stage_params(params)  # the method's own: what the checkpoint and resume key hold
     spec = DatasetSpec.from_dict(dataset)
     splits = read_split(data_root, spec, with_train=False)
     draw = load_fewshot(fewshot)

@@ -676,6 +676,19 @@ def test_stub_run_writes_the_report(smoke_run):
         ),
         ({"report.reference": True}, {"report": 1, "all": 1}),
         (
+            {"compute": {"max_pairs": 1024}},  # every job encoding images x classes texts
+            {
+                "train": 6,
+                "overfit": 6,
+                "fit_diffusion": 6,
+                "evaluate_baseline": 6,
+                "evaluate_diffusion": 6,
+                "evaluate_zeroshot": 3,
+                "report": 1,
+                "all": 1,
+            },
+        ),
+        (
             {"diffusion.per_method": {"maple": {"target": "absolute"}}},  # maple's DiTs only
             {"fit_diffusion": 3, "evaluate_diffusion": 3, "report": 1, "all": 1},
         ),
@@ -709,6 +722,7 @@ def test_stub_run_writes_the_report(smoke_run):
         "epochs",
         "eval-batch",
         "reference",
+        "compute",
         "per-method",
         "per-method-same",
         "world-cast",

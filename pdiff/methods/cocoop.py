@@ -28,7 +28,8 @@ class CoCoOp(ContextMethod):
             seeded_linear(e, hidden, gen), nn.ReLU(), seeded_linear(hidden, w, gen)
         ).to(backbone.device)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.condition(inputs)
         ctx = prompts["ctx"] + self.meta_net(image)[:, None]  # [B, M, W]: one prompt per image
-        return image, self.texts(ctx)
+        return image, self.texts(ctx, classes=classes)

@@ -316,7 +316,14 @@ def backbone_json():
 
 
 def method_json(method):
-    return to_json(config["method_params"][method])
+    return to_json({**config["method_params"][method], **compute_params()})
+
+
+def compute_params():
+    """The `compute` section for the --params of every job that encodes images x classes texts
+    (train, overfit, fit_diffusion, evaluate_*); nothing when the config leaves it out, so the
+    params of a config without it stay as they were."""
+    return {"compute": config["compute"]} if "compute" in config else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +345,7 @@ def method_json(method):
 #   report             report/
 #
 # Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
-# resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, data/images.py,
+# resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, budget.py, data/images.py,
 # data/templates.py, the method registry methods/__init__.py). A change there would rerun the
 # whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
 # pinned by unit tests (e.g. prefix sharing and the truncated text encoder are exact); after a

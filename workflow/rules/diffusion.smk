@@ -31,7 +31,10 @@ rule fit_diffusion:
             "pdiff/diffusion/train.py",
         ),
         diffusion=lambda wildcards: to_json(
-            stage_config("diffusion", wildcards.dv, wildcards.method)
+            {
+                **stage_config("diffusion", wildcards.dv, wildcards.method),
+                **compute_params(),
+            }
         ),
         backbone=backbone_json(),
     shell:
