@@ -1,6 +1,6 @@
-"""The images x classes budget (`compute.max_pairs`) and class texts bucketed by token length:
-each exact against the plain path (features, logits, gradients, overfitted prompts), and the
-budget bounding peak memory."""
+"""The images x classes budget (`compute.max_pairs`), class texts bucketed by token length, and
+the sampled-class softmax of the DiT's classification term: each exact against the plain path
+(features, logits, gradients, overfitted prompts), and the budget bounding peak memory."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from pdiff.budget import DEFAULT_MAX_PAIRS, length_chunks, max_pairs, stage_params
@@ -16,6 +17,7 @@ from pdiff.errors import PdiffError
 from pdiff.methods import Inputs, get_method
 from pdiff.methods.text import ClassTexts
 from pdiff.overfit import micro_batch, overfit_batch
+from pdiff.sampled_softmax import draw_classes, sampled_cross_entropy
 
 # Names of very different token lengths, so that bucketing and padding differ.
 CLASSES = ["cat", "red circle", "Mexican hairless dog (xoloitzcuintli)", "blue square",
@@ -199,3 +201,28 @@ def test_logits_of_chosen_classes_are_those_of_the_full_table(backbone, inputs, 
     full = m.logits(inputs, prompts)
     torch.testing.assert_close(m.logits(inputs, prompts, classes), full.gather(1, classes),
                                atol=1e-4, rtol=1e-5)
+
+
+def test_drawn_classes_put_the_label_first_then_distinct_others_seeded():
+    labels = torch.tensor([3, 0, 9, 3])
+    a = draw_classes(labels, 10, 5, torch.Generator().manual_seed(0))
+    b = draw_classes(labels, 10, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == (4, 6)
+    assert torch.equal(a[:, 0], labels)
+    for row, label in zip(a.tolist(), labels.tolist(), strict=True):
+        assert len(set(row)) == 6 and label not in row[1:]
+    assert not torch.equal(a, draw_classes(labels, 10, 5, torch.Generator().manual_seed(1)))
+
+
+def test_sampled_cross_entropy_estimates_the_full_one():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(3, 50, generator=g), torch.tensor([4, 0, 49])
+    full = F.cross_entropy(logits, labels, reduction="none")
+    every = draw_classes(labels, 50, 49, g)  # all other classes: exactly the full loss
+    torch.testing.assert_close(sampled_cross_entropy(logits.gather(1, every), 50), full)
+    # with 10 of 49 negatives the weighted denominator is unbiased: its mean over draws is the
+    # full one (the loss itself, a log of it, sits slightly below on average)
+    draws = [draw_classes(labels, 50, 10, g) for _ in range(4000)]
+    ratios = torch.stack([(sampled_cross_entropy(logits.gather(1, c), 50) - full).exp()
+                          for c in draws])  # sampled / full denominator
+    torch.testing.assert_close(ratios.mean(0), torch.ones(3), atol=0.02, rtol=0)

@@ -269,7 +269,7 @@ def test_a_compute_budget_changes_no_result_and_is_recorded_nowhere(run_dir, wor
                                                                     backbone_spec, tmp_path):
     """`compute.max_pairs` in each stage's --params (here 3 pairs: fewer than one sample's 4
     classes, so every text encoding is chunked): the same prompt, store and accuracy, and no
-    artifact records it."""
+    artifact records it; the DiT's sampled classification term runs and is recorded."""
     from safetensors.torch import load_file
 
     from pdiff.checkpoint import read_prompt_meta
@@ -294,11 +294,12 @@ def test_a_compute_budget_changes_no_result_and_is_recorded_nowhere(run_dir, wor
     np.testing.assert_allclose(b.prompts, a.prompts, atol=1e-5)
     assert b.attrs["overfit"] == OVERFIT
 
+    sampled = {**DIFFUSION, "steps": 3, "cls_negatives": 2, **compute}  # 1 + 2 of 4 classes
     assert _run("fit-diffusion", "--prompt", f"{run_dir}/prompt.safetensors", "--store",
-                f"{run_dir}/store.h5", "--backbone", bb, "--params",
-                json.dumps({**DIFFUSION, "steps": 3, **compute}), "--seed", "1", "--out",
-                f"{d}/dit.safetensors") == 0
-    assert "compute" not in load_diffusion(d / "dit.safetensors").params
+                f"{run_dir}/store.h5", "--backbone", bb, "--params", json.dumps(sampled),
+                "--seed", "1", "--out", f"{d}/dit.safetensors") == 0
+    params = load_diffusion(d / "dit.safetensors").params
+    assert params["cls_negatives"] == 2 and "compute" not in params
 
     def correct(extra: dict, out: str) -> list[int]:
         assert _run("evaluate", "--mode", "baseline", "--prompt",

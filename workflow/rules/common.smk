@@ -337,8 +337,8 @@ def compute_params():
 #   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
 #   train              train.py, the method's modules    its model and loss (method_modules)
 #   overfit            overfit.py, store.py
-#   fit_diffusion      fit_diffusion.py, diffusion/ except sampler.py (DiT, objective, normaliser,
-#                      trainer; the sampler is used only by evaluation)
+#   fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
+#                      objective, normaliser, trainer; the sampler is used only by evaluation)
 #   evaluate_baseline  evaluate.py
 #   evaluate_diffusion evaluate.py, diffusion/sampler.py
 #   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))

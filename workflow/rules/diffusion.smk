@@ -24,6 +24,7 @@ rule fit_diffusion:
     params:
         code=code_fingerprint(
             "pdiff/fit_diffusion.py",
+            "pdiff/sampled_softmax.py",
             "pdiff/diffusion/__init__.py",
             "pdiff/diffusion/dit.py",
             "pdiff/diffusion/normalise.py",
