@@ -24,6 +24,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 from torchvision.transforms import RandomHorizontalFlip
 
+from pdiff.budget import DEFAULT_MAX_PAIRS, length_chunks
 from pdiff.errors import PdiffError
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class Backbone:
     identity: dict
     image_size: int
     amp: bool = False  # bf16 autocast of the frozen towers on CUDA (ignored on CPU)
+    max_pairs: int = DEFAULT_MAX_PAIRS  # text sequences per chunk (`compute.max_pairs`)
 
     def autocast(self):
         """Mixed precision where it pays (CUDA, `amp: true`); a no-op elsewhere."""
@@ -225,12 +227,16 @@ class Backbone:
         return F.normalize(feats, dim=-1)
 
     @torch.no_grad()
-    def encode_texts(self, texts: list[str], truncate: bool = True) -> torch.Tensor:
-        """Frozen, L2-normalised features of plain text prompts [N, E]."""
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Frozen, L2-normalised features of plain text prompts [N, E], each text cut after
+        its own end-of-text (texts grouped by length, in chunks of `max_pairs`)."""
         tokens = self.tokenize(texts)
-        feats = self.encode_text_embeddings(self.token_embeddings(tokens),
-                                            tokens.argmax(-1), truncate)
-        return F.normalize(feats, dim=-1)
+        eot = tokens.argmax(-1)
+        out = torch.empty(len(texts), self.embed_dim, device=self.device)
+        for length, chunk in length_chunks(eot + 1, self.max_pairs):
+            x = self.token_embeddings(tokens[chunk, :length])
+            out[chunk] = self.encode_text_embeddings(x, eot[chunk]).to(out.dtype)
+        return F.normalize(out, dim=-1)
 
 
 def normalise_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

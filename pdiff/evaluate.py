@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
+from pdiff.budget import max_pairs
 from pdiff.checkpoint import load_prompt
 from pdiff.data import DatasetSpec, class_subset, limited, read_split, subsample_classes
 from pdiff.diagnose import memorisation
@@ -103,6 +104,7 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
         raise PdiffError("--sets is empty; give at least one {dataset, split} to evaluate on")
     set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
+    backbone.max_pairs = max_pairs(params)
     method, meta = (None, {}) if mode == "zeroshot" else load_prompt(prompt, backbone)
     dm = load_diffusion(dit) if mode == "diffusion" else None
     stored = None

@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from pdiff.backbone import load_backbone
+from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import load_prompt
 from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
+from pdiff.diffusion.train import ClsLoss
 from pdiff.errors import PdiffError
-from pdiff.methods import Inputs
+from pdiff.methods import Inputs, PromptMethod
 from pdiff.resume import Resume, file_digest
+from pdiff.sampled_softmax import draw_classes, sampled_cross_entropy
 from pdiff.store import PromptStore, read_store
 from pdiff.utils import get_device, set_seed, write_json
 
@@ -62,15 +65,32 @@ def diagnostics(dm, store: PromptStore, train: np.ndarray, held: np.ndarray) -> 
     return out
 
 
+def classification_loss(method: PromptMethod, negatives: int | None) -> ClsLoss:
+    """The DiT's classification term: cross-entropy of the method's logits under the decoded
+    prompts, over every class or (`negatives`) a sampled-class softmax."""
+    num_classes, layout = len(method.classnames), method.layout
+
+    def cls_loss(tokens: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        inputs, prompts = Inputs(features=features), layout.unpack(tokens)
+        if negatives is None or negatives >= num_classes - 1:  # every class: the exact term
+            return F.cross_entropy(method.logits(inputs, prompts), labels)
+        classes = draw_classes(labels, num_classes, negatives, generator)
+        return sampled_cross_entropy(method.logits(inputs, prompts, classes), num_classes).mean()
+
+    return cls_loss
+
+
 def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str,
               diagnostics_out: str | None = None) -> None:
     set_seed(seed)
     device = get_device()
     backbone = load_backbone(backbone_spec, device)
+    backbone.max_pairs = max_pairs(params)
+    params = stage_params(params)  # what the DiT records
     method, _ = load_prompt(prompt, backbone)
     method.requires_grad_(False)
     data = read_store(store, expect_method=method.name, expect_backbone=backbone.identity)
-    layout = method.layout
 
     if params.get("cls_weight", 0) > 0 and method.needs_images:
         raise PdiffError(
@@ -79,18 +99,14 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
             "diffusion.cls_weight: 0 for it"
         )
 
-    def cls_loss(tokens: torch.Tensor, labels: torch.Tensor, features: torch.Tensor
-                 ) -> torch.Tensor:
-        logits = method.logits(Inputs(features=features), layout.unpack(tokens))
-        return F.cross_entropy(logits, labels)
-
     resume = Resume(out, {"params": params, "seed": seed, "backbone": backbone.identity,
                           "prompt": file_digest(prompt), "store": file_digest(store)},
                     "diffusion training")
     train, held = split_holdout(data.num_samples, float(params.get("holdout", 0.0)), seed)
     t0 = time.time()
     dm = fit_diffusion(subset(data, train) if len(held) else data, params, seed=seed,
-                       cls_loss=cls_loss if params.get("cls_weight", 0) > 0 else None,
+                       cls_loss=classification_loss(method, params.get("cls_negatives"))
+                       if params.get("cls_weight", 0) > 0 else None,
                        device=str(device), resume=resume)
     if diagnostics_out:
         report = {"method": method.name, "seed": seed, "held_out_rows": len(held),

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
+from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import load_prompt
 from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
 from pdiff.inputs import image_list
@@ -33,24 +34,48 @@ log = logging.getLogger(__name__)
 def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, steps: int,
                   lr: float, anchor: Anchor | None = None
                   ) -> tuple[Prompts, torch.Tensor, torch.Tensor]:
-    """Overfit one independent prompt per sample; returns prompts [B,...], loss before/after."""
+    """Overfit one independent prompt per sample; returns prompts [B,...], loss before/after.
+
+    Each step runs forward and backward in micro-batches of samples whose class texts fit the
+    budget, then one optimiser step: every prompt's gradient is its own sample's, so this is
+    exact. Measured on ViT-B/16 at equal memory it is 1.2-1.3x faster than checkpointing the
+    class chunks of the whole batch (no forward is recomputed; `benchmarks/pair_budget.py`).
+    """
     b = len(inputs)
     prompts = {k: v.expand(b, *v.shape[1:]).clone().requires_grad_(True)
                for k, v in method.init_prompt().items()}
     opt = torch.optim.Adam(list(prompts.values()), lr=lr)
+    size = micro_batch(method, b)
+    parts = [slice(i, i + size) for i in range(0, b, size)]
+
+    def loss_of(part: slice) -> torch.Tensor:
+        return method.per_sample_loss(inputs[part], labels[part],
+                                      {k: v[part] for k, v in prompts.items()},
+                                      None if anchor is None else anchor[part])
+
     before = None
     for _ in range(steps):
-        loss = method.per_sample_loss(inputs, labels, prompts, anchor)
-        if before is None:
-            before = loss.detach()
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()  # sum: each prompt gets exactly its own sample's gradient
+        losses = []
+        for part in parts:
+            loss = loss_of(part)
+            loss.sum().backward()  # sum: each prompt gets exactly its own sample's gradient
+            losses.append(loss.detach())
+        if before is None:
+            before = torch.cat(losses)
         opt.step()
     with torch.no_grad():
-        after = method.per_sample_loss(inputs, labels, prompts, anchor)
+        after = torch.cat([loss_of(part) for part in parts])
         if before is None:
             before = after
     return {k: v.detach() for k, v in prompts.items()}, before, after
+
+
+def micro_batch(method: PromptMethod, n: int) -> int:
+    """Samples per forward/backward: as many as keep their class texts within the budget."""
+    if not method.per_sample_texts:
+        return n
+    return max(1, method.backbone.max_pairs // len(method.classnames))
 
 
 def zeroshot_anchor(method: PromptMethod, weight: float
@@ -74,6 +99,8 @@ def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, few
             workers: int = 0) -> None:
     set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
+    backbone.max_pairs = max_pairs(params)
+    params = stage_params(params)  # what the store records
     method, meta = load_prompt(prompt, backbone)
     method.requires_grad_(False)  # only the per-sample prompts move
     spec = DatasetSpec.from_dict(dataset)

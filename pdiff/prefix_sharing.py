@@ -2,12 +2,13 @@
 
 With per-sample prompts a textual method encodes B x C sequences ``[SOT] ctx <class> . [EOT]``.
 CLIP's text tower is causal, so the hidden states of ``[SOT] ctx`` (the prefix) never see the
-class tokens: they are the same for all C classes of a sample. We run the prefix once per sample
-and only the short class suffix per (sample, class), its queries attending to the shared prefix
-keys and values. For CoOp's 16-token context and two-word class names this cuts the work per
-layer about 3-4x; the features equal the plain path's to float tolerance (tested,
-`benchmarks/prefix_sharing.py` measures it). It uses open_clip's own block weights; models
-whose blocks are not the standard pre-norm residual attention block use the plain path.
+class tokens: they are the same for all C classes of a sample. We run the prefix once per sample,
+keep its keys and values in every block, and run only the short class suffix per (sample, class)
+pair, its queries attending to the shared prefix keys and values. For CoOp's 16-token context
+and two-word class names this cuts the work per layer about 3-4x; the features equal the plain
+path's to float tolerance (tested, `benchmarks/prefix_sharing.py` measures it). It uses
+open_clip's own block weights; models whose blocks are not the standard pre-norm residual
+attention block use the plain path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Per block, the prefix's keys and values [P, heads, Lp, W/heads].
+PrefixCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @functools.cache
@@ -31,7 +35,7 @@ def _supported(model: nn.Module) -> bool:
 
 
 def supports_prefix_sharing(model: nn.Module) -> bool:
-    """True when `model`'s text blocks have the structure `encode_shared_prefix` reimplements."""
+    """True when `model`'s text blocks have the structure this module reimplements."""
     return _supported(model)
 
 
@@ -40,52 +44,54 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.unflatten(-1, (h, -1)).transpose(-3, -2)
 
 
-def _block(block: nn.Module, hp: torch.Tensor, hs: torch.Tensor, suffix_mask: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One residual attention block on prefix hp [P, Lp, W] and suffixes hs [P, C, Ls, W]."""
+def _qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     attn = block.attn
-    h, c = attn.num_heads, hs.shape[1]
-    qp, kp, vp = (_heads(t, h) for t in
-                  F.linear(block.ln_1(hp), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
-    qs, ks, vs = (_heads(t, h) for t in
-                  F.linear(block.ln_1(hs), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
-    op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # [P, h, Lp, d]
-    # suffix queries see the whole (shared) prefix and the suffix causally
-    k = torch.cat([kp[:, None].expand(-1, c, -1, -1, -1), ks], dim=-2)
-    v = torch.cat([vp[:, None].expand(-1, c, -1, -1, -1), vs], dim=-2)
-    os_ = F.scaled_dot_product_attention(qs, k, v, attn_mask=suffix_mask)  # [P, C, h, Ls, d]
-
-    def finish(x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        o = F.linear(o.transpose(-3, -2).flatten(-2), attn.out_proj.weight, attn.out_proj.bias)
-        x = x + block.ls_1(o)
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
-
-    return finish(hp, op), finish(hs, os_)
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    return tuple(_heads(t, attn.num_heads) for t in qkv)
 
 
-def encode_shared_prefix(model: nn.Module, prefix: torch.Tensor, suffix: torch.Tensor,
-                         eot: torch.Tensor, deep: torch.Tensor | None = None) -> torch.Tensor:
-    """Text features [P, C, E] of the sequences ``prefix[p] + suffix[c]``.
+def _finish(block: nn.Module, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """The rest of a residual attention block after attention output o [N, h, L, d]."""
+    attn = block.attn
+    o = F.linear(o.transpose(-3, -2).flatten(-2), attn.out_proj.weight, attn.out_proj.bias)
+    x = x + block.ls_1(o)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
-    prefix [P, Lp, W] token embeddings (start-of-text and context), suffix [C, Ls, W] (or
-    [P, C, Ls, W]) class-name embeddings up to the longest end-of-text, eot [C] end-of-text
-    positions in the full sequence; deep [P, D, n, W] replaces positions 1..n before blocks
-    1..D (deep text prompts, which live in the prefix).
-    """
-    p, lp = prefix.shape[:2]
-    if suffix.dim() == 3:
-        suffix = suffix[None].expand(p, -1, -1, -1)
-    ls = suffix.shape[2]
-    pos = model.positional_embedding.to(prefix.dtype)
-    hp = prefix + pos[:lp]
-    hs = suffix + pos[lp : lp + ls]
-    allowed = torch.ones(ls, lp + ls, dtype=torch.bool, device=prefix.device)
-    allowed[:, lp:] = torch.ones(ls, ls, dtype=torch.bool, device=prefix.device).tril()
-    for i, block in enumerate(model.transformer.resblocks):
+
+def prefix_states(model: nn.Module, prefix: torch.Tensor, deep: torch.Tensor | None = None
+                  ) -> PrefixCache:
+    """Keys and values of every block for prefix [P, Lp, W] (start-of-text and context token
+    embeddings); deep [P, D, n, W] replaces positions 1..n before blocks 1..D (deep text
+    prompts, which live in the prefix)."""
+    h = prefix + model.positional_embedding[: prefix.shape[1]].to(prefix.dtype)
+    cache: PrefixCache = []
+    blocks = model.transformer.resblocks
+    for i, block in enumerate(blocks):
         if deep is not None and 1 <= i <= deep.shape[1]:
             n = deep.shape[2]
-            hp = torch.cat([hp[:, :1], deep[:, i - 1].to(hp.dtype), hp[:, 1 + n :]], dim=1)
-        hp, hs = _block(block, hp, hs, allowed)
-    rows = torch.arange(suffix.shape[1], device=hs.device)
-    x = model.ln_final(hs[:, rows, eot - lp])  # [P, C, W]
+            h = torch.cat([h[:, :1], deep[:, i - 1].to(h.dtype), h[:, 1 + n :]], dim=1)
+        q, k, v = _qkv(block, h)
+        cache.append((k, v))
+        if i + 1 < len(blocks):  # the last block's prefix output is never read
+            h = _finish(block, h, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    return cache
+
+
+def encode_suffixes(model: nn.Module, cache: PrefixCache, rows: torch.Tensor,
+                    suffix: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """Text features [N, E] of the sequences ``prefix[rows[i]] + suffix[i]``.
+
+    suffix [N, Ls, W] class-name embeddings (one length for all, up to their end-of-text), eot
+    [N] end-of-text positions within the suffix; each suffix attends to its own prefix's cached
+    keys and values and causally to itself.
+    """
+    lp, ls = cache[0][0].shape[2], suffix.shape[1]
+    h = suffix + model.positional_embedding[lp : lp + ls].to(suffix.dtype)
+    allowed = torch.ones(ls, lp + ls, dtype=torch.bool, device=suffix.device)
+    allowed[:, lp:] = torch.ones(ls, ls, dtype=torch.bool, device=suffix.device).tril()
+    for block, (kp, vp) in zip(model.transformer.resblocks, cache, strict=True):
+        q, k, v = _qkv(block, h)
+        k, v = torch.cat([kp[rows], k], dim=-2), torch.cat([vp[rows], v], dim=-2)
+        h = _finish(block, h, F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
+    x = model.ln_final(h[torch.arange(h.shape[0], device=h.device), eot])
     return x @ model.text_projection

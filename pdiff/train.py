@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
+from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import save_prompt
 from pdiff.data import (
     DatasetSpec,
@@ -34,6 +35,7 @@ from pdiff.utils import get_device, set_seed
 log = logging.getLogger(__name__)
 
 WARMUP_LR = 1e-5  # Dassl's constant warm-up learning rate
+ACCURACY_BATCH = 512
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
@@ -56,7 +58,12 @@ def epoch_lr(epoch: int, cfg: dict) -> float:
 
 
 @torch.no_grad()
-def accuracy(method: PromptMethod, images: ImageList, batch: int = 512) -> float:
+def accuracy(method: PromptMethod, images: ImageList) -> float:
+    """Top-1 accuracy (%) of the learned prompt. A method whose learned prompt gives each image
+    its own class texts (CoCoOp) runs in batches whose images x classes fit the budget; the
+    others share one class table per batch."""
+    batch = (max(1, method.backbone.max_pairs // len(method.classnames))
+             if method.image_conditioned_texts else ACCURACY_BATCH)
     correct = 0
     for inputs, labels, _ in images.batches(method.needs_images, batch_size=batch):
         correct += int((method.logits(inputs, None).argmax(-1) == labels).sum())
@@ -115,6 +122,8 @@ def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, d
           augment: dict | None = None, workers: int = 0) -> dict:
     gen = set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
+    backbone.max_pairs = max_pairs(params)
+    params = stage_params(params)  # the method's own: what the checkpoint and resume key hold
     spec = DatasetSpec.from_dict(dataset)
     splits = read_split(data_root, spec, with_train=False)
     draw = load_fewshot(fewshot)

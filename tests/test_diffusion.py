@@ -321,7 +321,7 @@ def test_cls_loss_receives_decoded_prompts() -> None:
     store = _store(n=16, mask=_mask())
     calls: list[tuple] = []
 
-    def cls_loss(prompts: Tensor, labels: Tensor, feats: Tensor) -> Tensor:
+    def cls_loss(prompts: Tensor, labels: Tensor, feats: Tensor, generator) -> Tensor:
         calls.append((prompts.shape, labels.shape, feats.shape, prompts.requires_grad))
         return prompts.pow(2).mean()
 
@@ -334,7 +334,7 @@ def test_cls_batch_puts_that_many_rows_of_each_batch_in_the_cls_term() -> None:
     store = replace(_store(n=16), labels=np.arange(16, dtype=np.int64))
     rows: list[Tensor] = []
 
-    def cls_loss(prompts: Tensor, labels: Tensor, feats: Tensor) -> Tensor:
+    def cls_loss(prompts: Tensor, labels: Tensor, feats: Tensor, generator) -> Tensor:
         assert prompts.shape == (3, T, D)
         assert torch.equal(feats, torch.as_tensor(store.features)[labels])
         rows.append(labels)

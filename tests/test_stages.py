@@ -263,3 +263,49 @@ def _done_rows(partial) -> int:
             return int(f["done"][...].sum())
     except (OSError, KeyError):
         return 0
+
+
+def test_a_compute_budget_changes_no_result_and_is_recorded_nowhere(run_dir, world,
+                                                                    backbone_spec, tmp_path):
+    """`compute.max_pairs` in each stage's --params (here 3 pairs: fewer than one sample's 4
+    classes, so every text encoding is chunked): the same prompt, store and accuracy, and no
+    artifact records it; the DiT's sampled classification term runs and is recorded."""
+    from safetensors.torch import load_file
+
+    from pdiff.checkpoint import read_prompt_meta
+    from pdiff.diffusion import load_diffusion
+
+    compute = {"compute": {"max_pairs": 3}}
+    bb, ds = json.dumps(backbone_spec), json.dumps(dataset_spec("shapes"))
+    data = ["--data-root", world, "--dataset", ds]
+    d = tmp_path
+    assert _run("train", "--method", "coop", "--params", json.dumps({**COOP, **compute}),
+                "--backbone", bb, *data, "--fewshot", f"{run_dir}/fs.json", "--classes",
+                "base", "--seed", "1", "--out", f"{d}/prompt.safetensors") == 0
+    assert read_prompt_meta(d / "prompt.safetensors")["params"] == {**COOP, "init_seed": 1}
+    ref, got = (load_file(p / "prompt.safetensors") for p in (run_dir, d))
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), atol=1e-5)
+
+    assert _run("overfit", "--prompt", f"{run_dir}/prompt.safetensors", "--backbone", bb, *data,
+                "--fewshot", f"{run_dir}/fs.json", "--params", json.dumps({**OVERFIT, **compute}),
+                "--seed", "1", "--out", f"{d}/store.h5") == 0
+    a, b = read_store(run_dir / "store.h5"), read_store(d / "store.h5")
+    np.testing.assert_allclose(b.prompts, a.prompts, atol=1e-5)
+    assert b.attrs["overfit"] == OVERFIT
+
+    sampled = {**DIFFUSION, "steps": 3, "cls_negatives": 2, **compute}  # 1 + 2 of 4 classes
+    assert _run("fit-diffusion", "--prompt", f"{run_dir}/prompt.safetensors", "--store",
+                f"{run_dir}/store.h5", "--backbone", bb, "--params", json.dumps(sampled),
+                "--seed", "1", "--out", f"{d}/dit.safetensors") == 0
+    params = load_diffusion(d / "dit.safetensors").params
+    assert params["cls_negatives"] == 2 and "compute" not in params
+
+    def correct(extra: dict, out: str) -> list[int]:
+        assert _run("evaluate", "--mode", "baseline", "--prompt",
+                    f"{run_dir}/prompt.safetensors", "--backbone", bb, "--data-root", world,
+                    "--sets", _sets("shapes", "base", "new"), "--params",
+                    json.dumps({**EVAL, **extra}), "--out", f"{d}/{out}") == 0
+        return [r["correct"] for r in json.loads((d / out).read_text())["evaluations"]]
+
+    assert correct(compute, "budget.json") == correct({}, "default.json")

@@ -861,6 +861,19 @@ def test_adding_the_paper_preset_runs_only_its_own_stages_and_reports_it(smoke_r
             {},
         ),
         (
+            {"compute": {"max_pairs": 1024}},  # every job encoding images x classes texts
+            {
+                "train": 6,
+                "overfit": 6,
+                "fit_diffusion": 6,
+                "evaluate_baseline": 6,
+                "evaluate_diffusion": 6,
+                "evaluate_zeroshot": 3,
+                "report": 1,
+                "all": 1,
+            },
+        ),
+        (
             {"diffusion.per_method": {"maple": {"target": "absolute"}}},  # maple's DiTs only
             {"fit_diffusion": 3, "evaluate_diffusion": 3, "report": 1, "all": 1},
         ),
@@ -898,6 +911,7 @@ def test_adding_the_paper_preset_runs_only_its_own_stages_and_reports_it(smoke_r
         "reference",
         "per-protocol",
         "per-protocol-same",
+        "compute",
         "per-method",
         "per-method-same",
         "world-cast",

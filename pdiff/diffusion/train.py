@@ -58,10 +58,12 @@ OPTIONAL_PARAMS: dict[str, Any] = {
     "log_every": None,  # history resolution; None: about 100 points per run
     "holdout": 0.0,  # fraction of the store kept out of training (read by the fit stage)
     "cls_batch": None,  # rows of each batch in the classification term; None: all of them
+    "cls_negatives": None,  # classes sampled per row besides its own (read by the cls loss)
 }
 
-#: ``cls_loss(prompts [B,T,D], labels [B], features [B,F]) -> scalar``.
-ClsLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: ``cls_loss(prompts [B,T,D], labels [B], features [B,F], generator) -> scalar``; any random
+#: draw it makes comes from ``generator`` (seeded, part of the resumable training state).
+ClsLoss = Callable[[Tensor, Tensor, Tensor, torch.Generator], Tensor]
 
 
 @dataclass
@@ -125,8 +127,9 @@ def _resolve_params(params: dict[str, Any]) -> dict[str, Any]:
         out[key] = params.get(key, default)
     if int(out["steps"]) < 1 or int(out["batch_size"]) < 1:
         raise PdiffError("diffusion steps and batch_size must be positive integers")
-    if out["cls_batch"] is not None and int(out["cls_batch"]) < 1:
-        raise PdiffError(f"diffusion cls_batch must be a positive integer, got {out['cls_batch']}")
+    for key in ("cls_batch", "cls_negatives"):
+        if out[key] is not None and int(out[key]) < 1:
+            raise PdiffError(f"diffusion {key} must be a positive integer, got {out[key]}")
     if not 0.0 <= float(out["ema"]) < 1.0:
         raise PdiffError(f"diffusion ema must be in [0, 1), got {out['ema']}")
     if out["warmup"] is None:
@@ -179,7 +182,8 @@ def fit_diffusion(
     Loss = diffusion loss + ``cls_weight * cls_loss(decode(x1_hat), labels, features)``
     (the second term only when ``cls_weight > 0`` and ``cls_loss`` is given), the second on
     the first ``cls_batch`` rows of each (randomly ordered) batch: a textual method encodes
-    every class name with every row's prompt, so this term dominates the cost.
+    every class name with every row's prompt, so this term dominates the cost (``cls_negatives``
+    bounds the classes per row; see ``pdiff.sampled_softmax``).
 
     With ``resume``, the training state (network, EMA, optimiser, schedule, RNGs, batch order,
     step and history) is checkpointed every :data:`CHECKPOINT_EVERY` steps, and a run started
@@ -262,7 +266,7 @@ def fit_diffusion(
             assert cls_loss is not None
             rows = idx[cls_rows]
             loss = loss + cls_weight * cls_loss(
-                normaliser.decode(x1_hat[cls_rows]), labels[rows], cond[cls_rows]
+                normaliser.decode(x1_hat[cls_rows]), labels[rows], cond[cls_rows], gen
             )
         value = float(loss.detach())
         if not math.isfinite(value):

@@ -61,6 +61,10 @@ class Anchor:
     log_probs: torch.Tensor
     weight: float
 
+    def __getitem__(self, idx) -> Anchor:
+        """The anchor of some samples (a micro-batch)."""
+        return Anchor(self.log_probs[idx], self.weight)
+
     def penalty(self, logits: torch.Tensor) -> torch.Tensor:
         """[B]: weight * KL(zero-shot || softmax(logits)) per sample."""
         kl = F.kl_div(F.log_softmax(logits, -1), self.log_probs, reduction="none",
@@ -78,6 +82,10 @@ class PromptMethod(nn.Module):
 
     name: ClassVar[str]
     needs_images: ClassVar[bool] = False  # True when prompts enter the image encoder
+    # True when prompts enter the class texts: P per-sample prompts then mean P x C sequences
+    per_sample_texts: ClassVar[bool] = False
+    # True when even the learned prompt gives each image its own class texts (CoCoOp's meta-net)
+    image_conditioned_texts: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         super().__init__()
@@ -92,8 +100,10 @@ class PromptMethod(nn.Module):
         """Rebuild class-dependent tables (e.g. for evaluation on new classes)."""
         self.classnames = list(classnames)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image features [B, E] and class text features [1 | B, C, E]."""
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image features [B, E] and class text features [1 | B, C, E]; with class
+        indices `classes` [B, K], only each sample's own K classes: [B, K, E]."""
         raise NotImplementedError
 
     # --- training hooks (no-ops unless a method aggregates over epochs) -----------------------
@@ -127,17 +137,19 @@ class PromptMethod(nn.Module):
         """What baseline training optimises: the prompt and any shared parameters."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def logits(self, inputs: Inputs, prompts: Prompts | None = None) -> torch.Tensor:
-        """Logits [B, C] for the current class names; `prompts` None means the learned prompt."""
-        image, text = self.encode(inputs, prompts)
+    def logits(self, inputs: Inputs, prompts: Prompts | None = None,
+               classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, C] for the current class names; `prompts` None means the learned prompt;
+        with class indices `classes` [B, K], each sample's logits of its own K classes."""
+        image, text = self.encode(inputs, prompts, classes)
         return self.backbone.logit_scale * cosine(image, text)
 
-    def encode(self, inputs: Inputs, prompts: Prompts | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, inputs: Inputs, prompts: Prompts | None = None,
+               classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`features` under the backbone's mixed precision, returned in fp32."""
         with self.backbone.autocast():
-            image, text = self.features(inputs,
-                                        self.learned_prompts() if prompts is None else prompts)
+            image, text = self.features(
+                inputs, self.learned_prompts() if prompts is None else prompts, classes)
         return image.float(), text.float()
 
     def condition(self, inputs: Inputs) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pdiff.methods.text import ContextMethod
 
 class CoCoOp(ContextMethod):
     name = "cocoop"
+    image_conditioned_texts = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         super().__init__(backbone, classnames, template, params)
@@ -28,7 +29,8 @@ class CoCoOp(ContextMethod):
             seeded_linear(e, hidden, gen), nn.ReLU(), seeded_linear(hidden, w, gen)
         ).to(backbone.device)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.condition(inputs)
         ctx = prompts["ctx"] + self.meta_net(image)[:, None]  # [B, M, W]: one prompt per image
-        return image, self.texts(ctx)
+        return image, self.texts(ctx, classes=classes)

@@ -15,5 +15,6 @@ from pdiff.methods.text import ContextMethod
 class CoOp(ContextMethod):
     name = "coop"
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.condition(inputs), self.texts(prompts["ctx"])
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.condition(inputs), self.texts(prompts["ctx"], classes=classes)

@@ -33,11 +33,12 @@ class MaPLe(ContextMethod):
             seeded_linear(backbone.text_width, backbone.vision_width, gen) for _ in range(depth)
         ).to(backbone.device)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         deep = prompts.get("text_deep")
         vision = None
         if len(self.coupling):
             layers = [prompts["ctx"]] + ([] if deep is None else list(deep.unbind(1)))
             vision = torch.stack([f(t) for f, t in zip(self.coupling, layers, strict=True)], 1)
         image = self.backbone.encode_images_prompted(inputs.images, vision)
-        return image, self.texts(prompts["ctx"], deep)
+        return image, self.texts(prompts["ctx"], deep, classes)

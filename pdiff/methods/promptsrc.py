@@ -52,9 +52,10 @@ class PromptSRC(ContextMethod):
         frozen = template_features(self.backbone, classnames, [*ENSEMBLE, self.template])
         self.register_buffer("frozen_text", frozen, persistent=False)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.backbone.encode_images_prompted(inputs.images, prompts.get("vision"))
-        return image, self.texts(prompts["ctx"], prompts.get("text_deep"))
+        return image, self.texts(prompts["ctx"], prompts.get("text_deep"), classes)
 
     def loss(self, inputs: Inputs, labels: torch.Tensor, prompts: Prompts | None = None
              ) -> torch.Tensor:

@@ -7,15 +7,19 @@ names and new-class evaluation rebuilds just these tables.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pdiff.backbone import Backbone
+from pdiff.budget import length_chunks
 from pdiff.data.templates import format_prompt
 from pdiff.errors import PdiffError
 from pdiff.methods.base import PromptMethod
-from pdiff.prefix_sharing import encode_shared_prefix, supports_prefix_sharing
+from pdiff.prefix_sharing import encode_suffixes, prefix_states, supports_prefix_sharing
 
 
 def init_phrase(params: dict) -> str | None:
@@ -46,7 +50,20 @@ def random_tokens(params: dict, shape: tuple[int, ...], salt: int = 0) -> torch.
 
 
 class ClassTexts(nn.Module):
-    """Embedding tables of the class names around an M-token context."""
+    """Embedding tables of the class names around an M-token context.
+
+    Encoding runs over (prompt, class) pairs grouped by token length, so each sequence is cut
+    after its own end-of-text instead of padded to the dataset's longest class name (ImageNet:
+    13 name tokens at most, about 4 on average), and each group in chunks of at most
+    `backbone.max_pairs` pairs (`pdiff.budget`). Under autograd a request over the budget
+    recomputes each chunk's activations in the backward pass (activation checkpointing), so
+    only one chunk's activations are held at a time.
+    """
+
+    #: encode the shared [SOT] + context once per prompt (exact; False: the plain path)
+    share_prefix: bool = True
+    #: cut each sequence after its own end-of-text (exact; False: pad to the longest)
+    bucket: bool = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], n_ctx: int,
                  phrase: str | None = None):
@@ -58,33 +75,61 @@ class ClassTexts(nn.Module):
         length = int(eot.max()) + 1  # everything after the last EOT is never used
         with torch.no_grad():
             emb = backbone.token_embeddings(tokens[:, :length])
-        self.register_buffer("prefix", emb[:, :1], persistent=False)
-        self.register_buffer("suffix", emb[:, 1 + n_ctx :], persistent=False)
+        self.n_prefix = 1 + n_ctx  # [SOT] + context: the part every class shares
+        self.register_buffer("sot", emb[:1, :1], persistent=False)
+        self.register_buffer("suffix", emb[:, self.n_prefix :], persistent=False)
         self.register_buffer("eot", eot, persistent=False)
 
-    #: encode the shared [SOT] + context once per prompt (exact; False: the plain path)
-    share_prefix: bool = True
+    def forward(self, ctx: torch.Tensor, deep: torch.Tensor | None = None,
+                classes: torch.Tensor | None = None) -> torch.Tensor:
+        """ctx [P, M, W] (+ deep [P, D, M, W]) -> normalised class text features [P, C, E];
+        with class indices `classes` [R, K] (R == P, or any R with one shared prompt), each
+        row's own K classes, [R, K, E]."""
+        if classes is None:
+            classes = torch.arange(len(self.eot), device=ctx.device).expand(ctx.shape[0], -1)
+        n_rows, k = classes.shape
+        rows = torch.arange(n_rows, device=ctx.device) if ctx.shape[0] > 1 else \
+            torch.zeros(n_rows, dtype=torch.long, device=ctx.device)
+        rows, cls = rows[:, None].expand(-1, k).reshape(-1), classes.reshape(-1)
+        lengths = self.eot[cls] + 1
+        if not self.bucket:
+            lengths = torch.full_like(lengths, int(lengths.max()))
+        encode = self._encoder(ctx, deep)
+        limit = self.backbone.max_pairs
+        # over the budget under autograd: keep only each chunk's output, recompute the rest
+        recompute = (torch.is_grad_enabled() and len(cls) > limit
+                     and (ctx.requires_grad or (deep is not None and deep.requires_grad)))
+        parts, order = [], []
+        for length, chunk in length_chunks(lengths, limit):
+            args = (rows[chunk], cls[chunk], length)
+            parts.append(checkpoint(encode, *args, use_reentrant=False) if recompute
+                         else encode(*args))
+            order.append(chunk)
+        feats = torch.cat(parts)[torch.argsort(torch.cat(order))]  # back to (row, class) order
+        return F.normalize(feats, dim=-1).reshape(n_rows, k, -1)
 
-    def forward(self, ctx: torch.Tensor, deep: torch.Tensor | None = None) -> torch.Tensor:
-        """ctx [P, M, W] (+ deep [P, D, M, W]) -> normalised class text features [P, C, E]."""
-        model = self.backbone.model
+    def _encoder(self, ctx: torch.Tensor, deep: torch.Tensor | None
+                 ) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+        """(rows, classes, length) -> unnormalised features of those (prompt, class) pairs,
+        every one of them `length` tokens long."""
+        model, n = self.backbone.model, self.n_prefix
         if self.share_prefix and supports_prefix_sharing(model):
-            prefix = torch.cat([self.prefix[:1].expand(ctx.shape[0], -1, -1), ctx], dim=1)
-            feats = encode_shared_prefix(model, prefix, self.suffix, self.eot, deep)
-            return F.normalize(feats, dim=-1)
-        p, c = ctx.shape[0], self.prefix.shape[0]
-        seq = torch.cat(
-            [
-                self.prefix[None].expand(p, -1, -1, -1),
-                ctx[:, None].expand(-1, c, -1, -1),
-                self.suffix[None].expand(p, -1, -1, -1),
-            ],
-            dim=2,
-        ).reshape(p * c, -1, ctx.shape[-1])
-        if deep is not None:
-            deep = deep[:, None].expand(-1, c, -1, -1, -1).reshape(p * c, *deep.shape[1:])
-        feats = self.backbone.encode_text_embeddings(seq, self.eot.repeat(p), deep=deep)
-        return F.normalize(feats, dim=-1).reshape(p, c, -1)
+            prefix = torch.cat([self.sot.expand(ctx.shape[0], -1, -1), ctx], dim=1)
+            cache = prefix_states(model, prefix, deep)
+
+            def shared(rows: torch.Tensor, cls: torch.Tensor, length: int) -> torch.Tensor:
+                return encode_suffixes(model, cache, rows, self.suffix[cls, : length - n],
+                                       self.eot[cls] - n)
+
+            return shared
+
+        def plain(rows: torch.Tensor, cls: torch.Tensor, length: int) -> torch.Tensor:
+            seq = torch.cat([self.sot.expand(len(rows), -1, -1), ctx[rows],
+                             self.suffix[cls, : length - n]], dim=1)
+            return self.backbone.encode_text_embeddings(
+                seq, self.eot[cls], deep=None if deep is None else deep[rows])
+
+        return plain
 
 
 @torch.no_grad()
@@ -100,6 +145,8 @@ def template_features(backbone: Backbone, classnames: list[str], templates: list
 class ContextMethod(PromptMethod):
     """Base of the context-prompt family: the learned prompt holds `ctx` [M, W] and the class
     texts are rebuilt around it for any class names. Subclasses add deep or shared parts."""
+
+    per_sample_texts = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         ctx = init_context(backbone, params)

@@ -33,7 +33,8 @@ class VPT(PromptMethod):
         text = template_features(self.backbone, classnames, [GENERIC_TEMPLATE])
         self.register_buffer("text", text, persistent=False)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.backbone.encode_images_prompted(inputs.images, prompts.get("vision"))
-        return image, self.text[None]
+        return image, self.text[None] if classes is None else self.text[classes]
 

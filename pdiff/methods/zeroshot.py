@@ -16,5 +16,6 @@ class ZeroShot(PromptMethod):
         feats = template_features(self.backbone, classnames, [self.template])
         self.register_buffer("text", feats, persistent=False)
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.condition(inputs), self.text[None]
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.condition(inputs), self.text[None] if classes is None else self.text[classes]

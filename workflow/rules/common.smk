@@ -492,7 +492,14 @@ def world_json():
 
 
 def method_json(method, dataset, classes):
-    return to_json(method_params(method, dataset, classes))
+    return to_json({**method_params(method, dataset, classes), **compute_params()})
+
+
+def compute_params():
+    """The `compute` section for the --params of every job that encodes images x classes texts
+    (train, overfit, fit_diffusion, evaluate_*); nothing when the config leaves it out, so the
+    params of a config without it stay as they were."""
+    return {"compute": config["compute"]} if "compute" in config else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,15 +516,15 @@ def method_json(method, dataset, classes):
 #   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
 #   train              train.py, the method's modules    its model and loss (method_modules)
 #   overfit            overfit.py, store.py
-#   fit_diffusion      fit_diffusion.py, diffusion/ except sampler.py (DiT, objective, normaliser,
-#                      trainer; the sampler is used only by evaluation)
+#   fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
+#                      objective, normaliser, trainer; the sampler is used only by evaluation)
 #   evaluate_baseline  evaluate.py
 #   evaluate_diffusion evaluate.py, diffusion/sampler.py
 #   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
 #   report             report/
 #
 # Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
-# resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, data/images.py,
+# resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, budget.py, data/images.py,
 # data/templates.py, the method registry methods/__init__.py). A change there would rerun the
 # whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
 # pinned by unit tests (e.g. prefix sharing and the truncated text encoder are exact); after a

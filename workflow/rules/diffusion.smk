@@ -24,6 +24,7 @@ rule fit_diffusion:
     params:
         code=code_fingerprint(
             "pdiff/fit_diffusion.py",
+            "pdiff/sampled_softmax.py",
             "pdiff/diffusion/__init__.py",
             "pdiff/diffusion/dit.py",
             "pdiff/diffusion/normalise.py",
@@ -31,7 +32,10 @@ rule fit_diffusion:
             "pdiff/diffusion/train.py",
         ),
         diffusion=lambda wildcards: to_json(
-            stage_config("diffusion", wildcards.dv, wildcards.method)
+            {
+                **stage_config("diffusion", wildcards.dv, wildcards.method),
+                **compute_params(),
+            }
         ),
         backbone=backbone_json(),
     shell:

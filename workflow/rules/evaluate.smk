@@ -30,7 +30,7 @@ rule evaluate_baseline:
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/evaluate.py"),
-        evaluation=to_json({"evaluation": config["evaluation"]}),
+        evaluation=to_json({"evaluation": config["evaluation"], **compute_params()}),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(
             eval_sets(wildcards.dataset, wildcards.classes)
@@ -79,6 +79,7 @@ rule evaluate_diffusion:
             {
                 "evaluation": config["evaluation"],
                 "sampling": stage_config("sampling", wildcards.sv, wildcards.method),
+                **compute_params(),
             }
         ),
         variant=lambda wildcards: to_json(
@@ -128,7 +129,7 @@ rule evaluate_zeroshot:
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/evaluate.py", *method_modules("zeroshot")),
-        evaluation=to_json({"evaluation": config["evaluation"]}),
+        evaluation=to_json({"evaluation": config["evaluation"], **compute_params()}),
         backbone=backbone_json(),
         sets=lambda wildcards: sets_json(zeroshot_sets(wildcards.dataset)),
         features=lambda wildcards: to_json(

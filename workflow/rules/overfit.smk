@@ -24,7 +24,10 @@ rule overfit:
     params:
         code=code_fingerprint("pdiff/overfit.py", "pdiff/store.py"),
         overfit=lambda wildcards: to_json(
-            stage_config("overfit", wildcards.ov, wildcards.method)
+            {
+                **stage_config("overfit", wildcards.ov, wildcards.method),
+                **compute_params(),
+            }
         ),
         backbone=backbone_json(),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
