@@ -47,7 +47,7 @@ CHUNK_ROWS = 256  # rows read per h5py chunk: one evaluation batch touches one o
 
 
 def views_of(augment: dict | None) -> int:
-    """Augmented views cached per training image (0 when augmentation is off)."""
+    """Augmented views cached per training image (0: augmentation off, or fresh crops)."""
     return int(augment.get("views", 0)) if augment and augment.get("enabled") else 0
 
 

@@ -91,6 +91,20 @@ def test_augmented_views_are_cached_for_the_draw_and_drawn_per_epoch(caches, wor
     assert not torch.allclose(epoch(0), images.features())
 
 
+def test_a_cached_view_is_the_fresh_crop_of_its_draw(caches, world, backbone):
+    """View v in the cache is exactly what fresh crops give in epoch (draw) v: the cache is an
+    approximation only in having `views` crops instead of one per epoch."""
+    spec = DatasetSpec.from_dict(SPEC)
+    train = fewshot_data(load_fewshot(caches / "fs.json"), "train")
+    cached = image_list(backbone, world, spec, train, str(caches / "fs.h5"), "train")
+    fresh = image_list(backbone, world, spec, train)  # seed 0, as the features rule's crops
+    aug = {"enabled": True}
+    for draw in range(3):
+        crops = torch.cat([b[0].features for b in fresh.batches(False, augment=aug, draw=draw)])
+        torch.testing.assert_close(crops, cached.cache.read(cached.rows, "augmented")[:, draw],
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_evaluation_reads_the_cache_to_the_same_numbers(caches, world, backbone_spec, tmp_path):
     sets = json.dumps([{"dataset": SPEC, "split": "all"}])
     args = ["evaluate", "--mode", "zeroshot", "--backbone", json.dumps(backbone_spec),

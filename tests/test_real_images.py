@@ -37,7 +37,7 @@ def custom(tmp_path_factory):
     _run("fewshot", *data, "--shots", "4", "--seed", "1", "--out", f"{root}/fs.json")
     _run("features", "--backbone", BACKBONE, *data, "--out", f"{root}/test.h5")
     _run("features", "--backbone", BACKBONE, *data, "--fewshot", f"{root}/fs.json",
-         "--augment", json.dumps({"enabled": True, "views": 4}), "--out", f"{root}/fs.h5")
+         "--augment", json.dumps({"enabled": True}), "--out", f"{root}/fs.h5")
     return root, spec, data
 
 
@@ -47,7 +47,7 @@ def test_every_stage_reads_varied_images_and_scores_above_chance(custom, method)
     run = root / method
     _run("train", "--method", method, "--params", json.dumps(METHODS[method]), "--backbone",
          BACKBONE, *data, "--fewshot", f"{root}/fs.json", "--features", f"{root}/fs.h5",
-         "--augment", json.dumps({"enabled": True, "views": 4}), "--seed", "1", "--out",
+         "--augment", json.dumps({"enabled": True}), "--seed", "1", "--out",
          f"{run}/prompt.safetensors")
     _run("overfit", "--prompt", f"{run}/prompt.safetensors", "--backbone", BACKBONE, *data,
          "--fewshot", f"{root}/fs.json", "--features", f"{root}/fs.h5", "--params",
