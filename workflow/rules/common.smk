@@ -509,11 +509,12 @@ def compute_params():
 #
 #   prepare            data/synthetic.py                 the demo world's rendering, or for
 #                      the rehearsal world (world.kind rehearsal) data/rehearsal.py,
-#                      data/rehearsal_names.py and the layouts it writes (data/coop.py,
-#                      data/layouts.py): WORLD_MODULES
+#                      data/rehearsal_names.py and the layouts it writes (data/catalogue.py,
+#                      data/readers.py): WORLD_MODULES
 #   pretrain           pretrain.py, data/synthetic.py    the recipe and its caption/image draws
-#   check_data         check_data.py, data/coop.py, data/layouts.py
-#   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
+#   check_data         check_data.py, data/catalogue.py, data/readers.py
+#   fewshot            data/fewshot.py, data/catalogue.py, data/readers.py (readers decide
+#                      the draw)
 #   train              train.py, the method's modules    its model and loss (method_modules)
 #   overfit            overfit.py, store.py
 #   fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
@@ -585,8 +586,8 @@ WORLD_MODULES = {
     "rehearsal": (
         "pdiff/data/rehearsal.py",
         "pdiff/data/rehearsal_names.py",
-        "pdiff/data/coop.py",
-        "pdiff/data/layouts.py",
+        "pdiff/data/catalogue.py",
+        "pdiff/data/readers.py",
     ),
 }
 
