@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 import pdiff
+from pdiff.diffusion.config import DiffusionConfig
 from pdiff.diffusion.dit import PromptDiT
 from pdiff.diffusion.normalise import TargetNormaliser
 from pdiff.diffusion.objective import Objective, get_objective
@@ -45,21 +46,6 @@ log = logging.getLogger("pdiff.diffusion.train")
 FORMAT = "pdiff-diffusion/1"
 #: Steps between two resume checkpoints (when ``fit_diffusion`` is given a ``resume``).
 CHECKPOINT_EVERY = 200
-REQUIRED_PARAMS = (
-    "objective", "target", "normalise", "depth", "width", "heads", "steps",
-    "batch_size", "lr", "weight_decay", "ema", "cls_weight",
-)
-#: Optional keys and their defaults (``warmup=None``: 5% of the steps, at most 200).
-OPTIONAL_PARAMS: dict[str, Any] = {
-    "warmup": None,
-    "mlp_ratio": 4.0,
-    "grad_clip": 1.0,
-    "prediction": "v",  # vp objective only: "v" or "eps"
-    "log_every": None,  # history resolution; None: about 100 points per run
-    "holdout": 0.0,  # fraction of the store kept out of training (read by the fit stage)
-    "cls_batch": None,  # rows of each batch in the classification term; None: all of them
-    "cls_negatives": None,  # classes sampled per row besides its own (read by the cls loss)
-}
 
 #: ``cls_loss(prompts [B,T,D], labels [B], features [B,F], generator) -> scalar``; any random
 #: draw it makes comes from ``generator`` (seeded, part of the resumable training state).
@@ -113,34 +99,8 @@ class DiffusionModel:
         return self.normaliser.decode(x1), nfe
 
 
-def _resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in REQUIRED_PARAMS if k not in params]
-    if missing:
-        raise PdiffError(
-            f"diffusion parameters lack {missing}; set them under `diffusion:` in the config"
-        )
-    unknown = sorted(set(params) - set(REQUIRED_PARAMS) - set(OPTIONAL_PARAMS))
-    if unknown:
-        log.warning("ignoring unknown diffusion parameters %s", unknown)
-    out = {k: params[k] for k in REQUIRED_PARAMS}
-    for key, default in OPTIONAL_PARAMS.items():
-        out[key] = params.get(key, default)
-    if int(out["steps"]) < 1 or int(out["batch_size"]) < 1:
-        raise PdiffError("diffusion steps and batch_size must be positive integers")
-    for key in ("cls_batch", "cls_negatives"):
-        if out[key] is not None and int(out[key]) < 1:
-            raise PdiffError(f"diffusion {key} must be a positive integer, got {out[key]}")
-    if not 0.0 <= float(out["ema"]) < 1.0:
-        raise PdiffError(f"diffusion ema must be in [0, 1), got {out['ema']}")
-    if out["warmup"] is None:
-        out["warmup"] = min(200, max(1, round(0.05 * int(out["steps"]))))
-    if out["log_every"] is None:
-        out["log_every"] = max(1, int(out["steps"]) // 100)
-    return out
-
-
-def _objective_kwargs(p: dict[str, Any]) -> dict[str, Any]:
-    return {"prediction": p["prediction"]} if p["objective"] == "vp" else {}
+def _objective_kwargs(cfg: DiffusionConfig) -> dict[str, Any]:
+    return {"prediction": cfg.prediction} if cfg.objective == "vp" else {}
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -190,7 +150,7 @@ def fit_diffusion(
     again continues from the last checkpoint with the same result. The caller removes the
     resume file once the model is saved.
     """
-    p = _resolve_params(params)
+    cfg = DiffusionConfig.from_dict(params).resolved()
     device = torch.device(device)
     n, (t_len, d) = store.num_samples, store.token_shape
     mask_np = store.token_mask
@@ -199,11 +159,11 @@ def fit_diffusion(
     normaliser = TargetNormaliser.fit(
         store.prompts,
         store.init_prompt,
-        target=p["target"],
-        normalise=p["normalise"],
+        target=cfg.target,
+        normalise=cfg.normalise,
         token_mask=token_mask,
     )
-    objective = get_objective(p["objective"], token_mask=token_mask, **_objective_kwargs(p))
+    objective = get_objective(cfg.objective, token_mask=token_mask, **_objective_kwargs(cfg))
     # The network runs in float32 whatever precision the caller's arrays have.
     x_all = normaliser.encode(torch.as_tensor(store.prompts, dtype=torch.float32)).to(device)
     feats = torch.as_tensor(store.features, dtype=torch.float32).to(device)
@@ -214,32 +174,32 @@ def fit_diffusion(
         torch.manual_seed(seed)
         model = PromptDiT(
             t_len, d, store.feature_dim,
-            width=int(p["width"]), depth=int(p["depth"]), heads=int(p["heads"]),
-            mlp_ratio=float(p["mlp_ratio"]),
+            width=int(cfg.width), depth=int(cfg.depth), heads=int(cfg.heads),
+            mlp_ratio=float(cfg.mlp_ratio),
         ).to(device)
     ema_model = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(
-        model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"])
+        model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay)
     )
-    steps, warmup = int(p["steps"]), int(p["warmup"])
+    steps, warmup = int(cfg.steps), int(cfg.warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, steps))
     gen = torch.Generator().manual_seed(seed)
-    batches = _Batches(n, int(p["batch_size"]), gen)
-    cls_weight = float(p["cls_weight"])
-    cls_rows = slice(None) if p["cls_batch"] is None else slice(int(p["cls_batch"]))
+    batches = _Batches(n, int(cfg.batch_size), gen)
+    cls_weight = float(cfg.cls_weight)
+    cls_rows = slice(None) if cfg.cls_batch is None else slice(int(cfg.cls_batch))
     use_cls = cls_weight > 0 and cls_loss is not None
     if cls_weight > 0 and cls_loss is None:
         log.warning("cls_weight=%g but no classification loss given: training without it",
                     cls_weight)
     log.info(
         "fitting %s diffusion on %d prompts [%d x %d], %d params, %d steps",
-        p["objective"], n, t_len, d, sum(q.numel() for q in model.parameters()), steps,
+        cfg.objective, n, t_len, d, sum(q.numel() for q in model.parameters()), steps,
     )
 
     history: list[tuple[int, float]] = []
     window: list[float] = []
-    log_every = int(p["log_every"])
-    ema = float(p["ema"])
+    log_every = int(cfg.log_every)
+    ema = float(cfg.ema)
     start = 0
     state = resume.load() if resume is not None else None
     if state is not None:
@@ -276,8 +236,8 @@ def fit_diffusion(
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if p["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(p["grad_clip"]))
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.grad_clip))
         opt.step()
         sched.step()
         decay = min(ema, (1 + step) / (10 + step))
@@ -298,7 +258,8 @@ def fit_diffusion(
             })
     log.info("diffusion training done: final loss %.4f", history[-1][1])
     ema_model.eval()
-    return DiffusionModel(ema_model, objective, normaliser, p, token_mask, history)
+    return DiffusionModel(ema_model, objective, normaliser, cfg.to_dict(), token_mask,
+                          history)
 
 
 # --------------------------------------------------------------------------- persistence

@@ -518,13 +518,17 @@ def compute_params():
 #   train              train.py, the method's modules    its model and loss (method_modules)
 #   overfit            overfit.py, store.py
 #   fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
-#                      objective, normaliser, trainer; the sampler is used only by evaluation)
+#                      objective, normaliser, trainer, DiffusionConfig's defaults; the sampler
+#                      is used only by evaluation)
 #   evaluate_baseline  evaluate.py
 #   evaluate_diffusion evaluate.py, diffusion/sampler.py
 #   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
 #   report             report/
 #
-# Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
+# Each section's defaults live in its stage's modules (OverfitConfig in overfit.py, SamplingConfig
+# in diffusion/sampler.py, TrainConfig and the methods' in methods/), so they are fingerprinted
+# with it; config.py, which only reads and checks sections, is plumbing.
+# Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py, config.py,
 # resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, budget.py, data/images.py,
 # data/templates.py, the method registry methods/__init__.py). A change there would rerun the
 # whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
