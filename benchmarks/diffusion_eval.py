@@ -49,6 +49,7 @@ from _common import (
 )
 
 from pdiff.diffusion import DiffusionModel, FlowMatching, PromptDiT, TargetNormaliser
+from pdiff.diffusion.sampler import SamplingConfig
 from pdiff.evaluate import _draws, predict
 from pdiff.methods import Inputs, PromptMethod, get_method
 
@@ -89,7 +90,7 @@ def main() -> None:
     n = args.images
     images = torch.rand(n, 3, bb.image_size, bb.image_size, generator=g).to(args.device)
     features = bb.encode_images(images)  # cached once per stage, as `load_inputs` does
-    sampling = {"solver": args.solver, "steps": args.steps, "start": "zero", "draws": 1}
+    sampling = SamplingConfig(solver=args.solver, steps=args.steps)
 
     rows = []
     for name in args.methods:

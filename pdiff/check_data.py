@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pdiff.data.coop import SPLITS, DatasetSpec, Datum, read_split
-from pdiff.data.layouts import required_paths
+from pdiff.data.catalogue import SPLITS, DatasetSpec, Datum
+from pdiff.data.readers import READERS, read_split, required_paths
 from pdiff.errors import PdiffError
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,6 @@ PUBLISHED_COUNTS: dict[str, dict[str, int]] = {
     "ImageNetA": {"classes": 200, "test": 7500},
     "ImageNetR": {"classes": 200, "test": 30000},
 }
-
-#: Formats whose readers list images from a file (the folder formats find them by scanning).
-LISTED_FORMATS = ("split_json", "fgvc_aircraft")
 
 
 def dataset_specs(value: Any) -> list[DatasetSpec]:
@@ -120,7 +117,7 @@ def check_dataset(data_root: Path, spec: DatasetSpec, sample: int = 10) -> dict[
     parts = {s: getattr(splits, s) for s in SPLITS}
     report["classes"] = splits.num_classes
     report["counts"] = {s: len(data) for s, data in parts.items()}
-    if spec.format in LISTED_FORMATS:
+    if READERS[spec.format].listed:
         gone = missing_images(spec.image_root(data_root), (d for s in SPLITS for d in parts[s]))
         report["missing_images"] = {"count": len(gone), "sample": gone[:sample]}
         if gone:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -18,8 +19,10 @@ from tqdm import tqdm
 from pdiff.backbone import load_backbone
 from pdiff.budget import max_pairs
 from pdiff.checkpoint import load_prompt
+from pdiff.config import Config
 from pdiff.data import DatasetSpec, class_subset, limited, read_split, subsample_classes
 from pdiff.diagnose import memorisation
+from pdiff.diffusion.sampler import SamplingConfig
 from pdiff.diffusion.train import load_diffusion
 from pdiff.errors import PdiffError
 from pdiff.inputs import ImageList, image_list
@@ -31,6 +34,15 @@ log = logging.getLogger(__name__)
 
 MODES = ("zeroshot", "baseline", "diffusion")
 MEMORISATION_CAP = 2000
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig(Config):
+    """The `evaluation` section."""
+
+    SECTION: ClassVar[str] = "evaluation"
+
+    batch_size: int = 256  # test images per batch
 
 
 def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = 15
@@ -142,16 +154,16 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
         method = get_method("zeroshot")(backbone, classnames, spec.template, {})
     else:
         method.set_classnames(classnames)
-    batch_size = params["evaluation"]["batch_size"]
+    batch_size = EvaluationConfig.from_dict(params.get("evaluation", {})).batch_size
     images = image_list(backbone, data_root, spec, test, features, batch_size=batch_size,
                         workers=workers)
 
     generate, sampling, keep = None, None, None
     if dm is not None:
-        sampling = params["sampling"]
+        sampling = params["sampling"]  # recorded as given
         # a fresh generator per set: a set's numbers do not depend on what ran before it
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        generate = _draws(method, dm, method.layout, sampling, gen)
+        generate = _draws(method, dm, method.layout, SamplingConfig.from_dict(sampling), gen)
         keep = _subsample(len(images), seed) if stored is not None else None
 
     t0 = time.time()
@@ -185,15 +197,15 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
     return metrics
 
 
-def _draws(method: PromptMethod, dm, layout, sampling: dict, gen: torch.Generator):
+def _draws(method: PromptMethod, dm, layout, sampling: SamplingConfig, gen: torch.Generator):
     """Build the per-batch generator: `draws` ODE samples per image, probabilities averaged;
     it also returns the first draw's packed prompts (for the memorisation check)."""
 
     def generate(cond: torch.Tensor):
         prompts, first, nfe = [], None, 0
-        for _ in range(sampling["draws"]):
-            tokens, n = dm.generate(cond, solver=sampling["solver"], steps=sampling["steps"],
-                                    start=sampling["start"], generator=gen)
+        for _ in range(sampling.draws):
+            tokens, n = dm.generate(cond, solver=sampling.solver, steps=sampling.steps,
+                                    start=sampling.start, generator=gen)
             first = tokens.detach().cpu() if first is None else first
             prompts.append(layout.unpack(tokens.to(cond.device)))
             nfe += n

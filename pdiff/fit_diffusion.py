@@ -22,6 +22,7 @@ from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import load_prompt
 from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
+from pdiff.diffusion.config import DiffusionConfig
 from pdiff.diffusion.train import ClsLoss
 from pdiff.errors import PdiffError
 from pdiff.methods import Inputs, PromptMethod
@@ -87,12 +88,13 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
     device = get_device()
     backbone = load_backbone(backbone_spec, device)
     backbone.max_pairs = max_pairs(params)
-    params = stage_params(params)  # what the DiT records
+    params = stage_params(params)  # what the resume key holds
+    cfg = DiffusionConfig.from_dict(params)
     method, _ = load_prompt(prompt, backbone)
     method.requires_grad_(False)
     data = read_store(store, expect_method=method.name, expect_backbone=backbone.identity)
 
-    if params.get("cls_weight", 0) > 0 and method.needs_images:
+    if cfg.cls_weight > 0 and method.needs_images:
         raise PdiffError(
             f"diffusion.cls_weight > 0 needs prompts that act on cached image features; "
             f"{method.name} prompts the image encoder and the store holds no images; set "
@@ -102,11 +104,11 @@ def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: 
     resume = Resume(out, {"params": params, "seed": seed, "backbone": backbone.identity,
                           "prompt": file_digest(prompt), "store": file_digest(store)},
                     "diffusion training")
-    train, held = split_holdout(data.num_samples, float(params.get("holdout", 0.0)), seed)
+    train, held = split_holdout(data.num_samples, float(cfg.holdout), seed)
     t0 = time.time()
     dm = fit_diffusion(subset(data, train) if len(held) else data, params, seed=seed,
-                       cls_loss=classification_loss(method, params.get("cls_negatives"))
-                       if params.get("cls_weight", 0) > 0 else None,
+                       cls_loss=classification_loss(method, cfg.cls_negatives)
+                       if cfg.cls_weight > 0 else None,
                        device=str(device), resume=resume)
     if diagnostics_out:
         report = {"method": method.name, "seed": seed, "held_out_rows": len(held),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tqdm import tqdm
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from pdiff.backbone import load_backbone
 from pdiff.budget import max_pairs, stage_params
 from pdiff.checkpoint import load_prompt
+from pdiff.config import Config, positive
 from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
 from pdiff.inputs import image_list
 from pdiff.methods import Anchor, Inputs, PromptMethod, Prompts
@@ -29,6 +32,21 @@ from pdiff.store import open_writer
 from pdiff.utils import get_device, set_seed
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OverfitConfig(Config):
+    """The `overfit` section (every default of the section lives here)."""
+
+    SECTION: ClassVar[str] = "overfit"
+
+    steps: int  # optimiser steps on each sample's own loss
+    lr: float
+    batch_size: int = 64  # samples overfitted together, each with its own prompt
+    kl_weight: float = 0.0  # weight of KL(zero-shot CLIP || prompted) per sample
+
+    def __post_init__(self) -> None:
+        positive(self.SECTION, steps=self.steps, batch_size=self.batch_size)
 
 
 def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, steps: int,
@@ -101,6 +119,7 @@ def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, few
     backbone = load_backbone(backbone_spec, get_device())
     backbone.max_pairs = max_pairs(params)
     params = stage_params(params)  # what the store records
+    cfg = OverfitConfig.from_dict(params)
     method, meta = load_prompt(prompt, backbone)
     method.requires_grad_(False)  # only the per-sample prompts move
     spec = DatasetSpec.from_dict(dataset)
@@ -127,15 +146,15 @@ def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, few
             log.info("resuming: %d of %d samples already done", len(data) - len(pending),
                      len(data))
         t0 = time.time()
-        bs = params["batch_size"]
-        anchor = zeroshot_anchor(method, params.get("kl_weight", 0.0))
+        bs = cfg.batch_size
+        anchor = zeroshot_anchor(method, cfg.kl_weight)
         batches = images.batches(method.needs_images, pending, bs)
         for batch, labels, idx in tqdm(batches, desc="overfit", mininterval=5,
                                        total=-(-len(pending) // bs)):
             with torch.no_grad():
                 condition = method.condition(batch)
-            prompts, before, after = overfit_batch(method, batch, labels, params["steps"],
-                                                   params["lr"], anchor(condition))
+            prompts, before, after = overfit_batch(method, batch, labels, cfg.steps, cfg.lr,
+                                                   anchor(condition))
             writer.write(idx.numpy(), layout.pack(prompts).cpu().numpy(),
                          condition.cpu().numpy(), before.cpu().numpy(), after.cpu().numpy())
         writer.finalize()

@@ -1,21 +1,9 @@
 """The HDF5 prompt store: one overfitted prompt per training sample, plus its provenance.
 
-Layout (schema version 1; every dataset chunked and gzip-compressed so that plain
-``h5ls``/``h5dump`` can read it, which would not be true of h5py's lzf filter):
-
-=================  ===========  ====================================================
-dataset            shape        meaning
-=================  ===========  ====================================================
-``prompts``        [N, T, D]    float32 packed prompt of each sample after overfitting
-``init_prompt``    [T, D]       float32 packed prompt of the host method (the start)
-``features``       [N, F]       float32 frozen CLIP image feature (the DiT condition)
-``labels``         [N]          int64 class index
-``sample_ids``     [N]          variable-length UTF-8: image path relative to the data root
-``loss_before``    [N]          float32 per-sample loss with ``init_prompt``
-``loss_after``     [N]          float32 per-sample loss after overfitting
-``done``           [N]          bool: row written (the completion mask used for resuming)
-``token_mask``     [T, D]       bool, optional: real (True) vs padded (False) entries
-=================  ===========  ====================================================
+Layout (schema version 1): the HDF5 datasets are declared once, in :data:`FIELDS` (name, dtype,
+shape, meaning, fill value of unwritten rows); creating, resuming, writing and reading a store
+all follow that declaration. Per-sample datasets are chunked by rows and gzip-compressed so that
+plain ``h5ls``/``h5dump`` can read them, which would not be true of h5py's lzf filter.
 
 Attributes: ``schema_version``, ``pdiff_version`` and ``json_attrs`` are written by this
 module; the caller supplies ``method``, ``dataset``, ``seed``, ``overfit``, ``backbone``,
@@ -61,6 +49,65 @@ BACKBONE_KEYS = ("model", "pretrained", "sha256")
 CHUNK_ROWS = 64
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 _CREATED_BY = "`pdiff overfit` (the overfit stage of the workflow)"
+STRING = h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One HDF5 dataset of the store."""
+
+    name: str
+    #: numpy dtype, or :data:`STRING` (variable-length UTF-8).
+    dtype: Any
+    #: In the store's dimensions: N samples, T x D packed prompt tokens, F feature width. A
+    #: leading N makes it per-sample (chunked by rows).
+    shape: tuple[str, ...]
+    meaning: str
+    #: Given whole by the caller of :func:`open_writer` (and compared on resume); otherwise
+    #: written row by row by :meth:`StoreWriter.write`.
+    given: bool = False
+    #: Value of a row not yet written (None: HDF5's zero).
+    fill: Any = None
+    optional: bool = False
+    #: What a mismatch with a partial store usually means (for the resume error).
+    hint: str = ""
+
+    @property
+    def per_row(self) -> bool:
+        return self.shape[:1] == ("N",)
+
+    def shape_in(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(dims[k] for k in self.shape)
+
+    def load(self, raw: Any) -> Any:
+        """Stored values in their Python form: strings decoded, arrays in the declared dtype."""
+        if self.dtype is STRING:
+            return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw]
+        return np.asarray(raw, dtype=self.dtype)
+
+
+#: Every dataset of the store, in creation order; :class:`PromptStore` has one attribute each.
+FIELDS: tuple[Field, ...] = (
+    Field("prompts", np.float32, ("N", "T", "D"), "packed prompt of each sample after overfitting"),
+    Field("init_prompt", np.float32, ("T", "D"), "packed prompt of the host method (the start)",
+          given=True, hint="the host prompt was retrained?"),
+    Field("features", np.float32, ("N", "F"), "frozen CLIP image feature (the DiT condition)"),
+    Field("labels", np.int64, ("N",), "class index", given=True),
+    Field("sample_ids", STRING, ("N",), "image path relative to the data root", given=True,
+          hint="different training split, shots or seed?"),
+    # Losses are NaN until written, so an unwritten row can never pass for a real loss.
+    Field("loss_before", np.float32, ("N",), "per-sample loss with init_prompt", fill=np.nan),
+    Field("loss_after", np.float32, ("N",), "per-sample loss after overfitting", fill=np.nan),
+    Field("done", np.bool_, ("N",), "row written (the completion mask used for resuming)",
+          fill=False),
+    Field("token_mask", np.bool_, ("T", "D"), "real (True) vs padded (False) entries",
+          given=True, optional=True),
+)
+_FIELD = {f.name: f for f in FIELDS}
+#: The completion mask: written last, after the rows it marks are flushed.
+DONE = "done"
+#: What :meth:`StoreWriter.write` writes per row (besides the mask), in its argument order.
+WRITTEN = tuple(f for f in FIELDS if not f.given and f.name != DONE)
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -155,10 +202,9 @@ class StoreWriter:
         self.partial = partial_path(path)
         self.resumed = resumed
         self._h5: h5py.File | None = h5
-        self._n = int(h5["done"].shape[0])
-        self._done = np.asarray(h5["done"][...], dtype=bool)
-        self._prompt_shape = tuple(h5["prompts"].shape[1:])
-        self._feature_dim = int(h5["features"].shape[1])
+        self._n = int(h5[DONE].shape[0])
+        self._done = np.asarray(h5[DONE][...], dtype=bool)
+        self._row_shapes = {f.name: tuple(h5[f.name].shape[1:]) for f in WRITTEN}
 
     # -- state ---------------------------------------------------------------------
 
@@ -195,16 +241,15 @@ class StoreWriter:
         k = idx.size
         if k == 0:
             return
-        prompts = np.asarray(prompts, dtype=np.float32)
-        features = np.asarray(features, dtype=np.float32)
-        loss_before = np.asarray(loss_before, dtype=np.float32).reshape(-1)
-        loss_after = np.asarray(loss_after, dtype=np.float32).reshape(-1)
-        if prompts.shape != (k, *self._prompt_shape):
-            raise ValueError(f"prompts shape {prompts.shape} != {(k, *self._prompt_shape)}")
-        if features.shape != (k, self._feature_dim):
-            raise ValueError(f"features shape {features.shape} != {(k, self._feature_dim)}")
-        if loss_before.shape != (k,) or loss_after.shape != (k,):
-            raise ValueError("loss_before/loss_after must hold one value per index")
+        given = (prompts, features, loss_before, loss_after)
+        rows: dict[str, np.ndarray] = {}
+        for f, value in zip(WRITTEN, given, strict=True):
+            arr = np.asarray(value, dtype=f.dtype)
+            shape = (k, *self._row_shapes[f.name])
+            # One value per row may come as a column.
+            rows[f.name] = arr.reshape(-1) if len(shape) == 1 else arr
+            if rows[f.name].shape != shape:
+                raise ValueError(f"{f.name} shape {arr.shape} != {shape}")
         if idx.min() < 0 or idx.max() >= self._n:
             raise ValueError(f"indices out of range [0, {self._n})")
         # h5py fancy indexing needs strictly increasing indices.
@@ -214,12 +259,10 @@ class StoreWriter:
             raise ValueError("duplicate indices in one write")
         sel = idx.tolist()
         try:
-            h5["prompts"][sel] = prompts[order]
-            h5["features"][sel] = features[order]
-            h5["loss_before"][sel] = loss_before[order]
-            h5["loss_after"][sel] = loss_after[order]
+            for name, arr in rows.items():
+                h5[name][sel] = arr[order]
             h5.flush()
-            h5["done"][sel] = np.ones(k, dtype=bool)
+            h5[DONE][sel] = np.ones(k, dtype=bool)
             h5.flush()
         except OSError as exc:
             if _is_disk_full(exc):
@@ -303,41 +346,28 @@ class StoreWriter:
 def _create(
     partial: Path,
     *,
-    sample_ids: list[str],
-    labels: np.ndarray,
-    init_prompt: np.ndarray,
-    feature_dim: int,
+    given: dict[str, Any],
+    dims: dict[str, int],
     stored_attrs: dict[str, Any],
     json_keys: list[str],
-    token_mask: np.ndarray | None,
 ) -> h5py.File:
-    n = len(sample_ids)
-    t, d = init_prompt.shape
-    rows = min(CHUNK_ROWS, n)
+    rows = min(CHUNK_ROWS, dims["N"])
     h5 = h5py.File(partial, "w")
     try:
-        h5.create_dataset(
-            "prompts", shape=(n, t, d), dtype="f4", chunks=(rows, t, d), **_COMPRESSION
-        )
-        h5.create_dataset("init_prompt", data=init_prompt, dtype="f4")
-        h5.create_dataset(
-            "features", shape=(n, feature_dim), dtype="f4", chunks=(rows, feature_dim),
-            **_COMPRESSION,
-        )
-        h5.create_dataset("labels", data=labels, dtype="i8", chunks=(rows,), **_COMPRESSION)
-        h5.create_dataset(
-            "sample_ids", data=sample_ids, dtype=h5py.string_dtype("utf-8"), chunks=(rows,),
-        )
-        for name in ("loss_before", "loss_after"):
-            # NaN until written, so an unwritten row can never pass for a real loss.
-            h5.create_dataset(
-                name, shape=(n,), dtype="f4", chunks=(rows,), fillvalue=np.nan, **_COMPRESSION
-            )
-        h5.create_dataset(
-            "done", shape=(n,), dtype=bool, chunks=(rows,), fillvalue=False, **_COMPRESSION
-        )
-        if token_mask is not None:
-            h5.create_dataset("token_mask", data=token_mask, dtype=bool)
+        for f in FIELDS:
+            if f.optional and given.get(f.name) is None:
+                continue
+            shape = f.shape_in(dims)
+            layout: dict[str, Any] = {}
+            if f.per_row:
+                layout["chunks"] = (rows, *shape[1:])
+                # gzip would squeeze only the heap pointers of variable-length strings.
+                if f.dtype is not STRING:
+                    layout.update(_COMPRESSION)
+            if f.given:
+                h5.create_dataset(f.name, data=given[f.name], dtype=f.dtype, **layout)
+            else:
+                h5.create_dataset(f.name, shape=shape, dtype=f.dtype, fillvalue=f.fill, **layout)
         h5.attrs["schema_version"] = SCHEMA_VERSION
         h5.attrs["pdiff_version"] = pdiff.__version__
         h5.attrs["json_attrs"] = json.dumps(json_keys)
@@ -354,39 +384,27 @@ def _create(
 def _check_compatible(
     h5: h5py.File,
     *,
-    sample_ids: list[str],
-    labels: np.ndarray,
-    init_prompt: np.ndarray,
-    feature_dim: int,
+    given: dict[str, Any],
+    dims: dict[str, int],
     stored_attrs: dict[str, Any],
-    token_mask: np.ndarray | None,
 ) -> str | None:
     """Return a description of the first mismatch with the requested store, or None."""
     version = _to_python(h5.attrs.get("schema_version"))
     if version != SCHEMA_VERSION:
         return f"schema_version {version} != {SCHEMA_VERSION}"
-    n = len(sample_ids)
-    t, d = init_prompt.shape
-    needed = ("prompts", "features", "labels", "sample_ids", "done", "init_prompt")
-    for name in needed:
-        if name not in h5:
-            return f"dataset {name!r} is missing"
-    if h5["prompts"].shape != (n, t, d):
-        return f"prompts shape {h5['prompts'].shape} != {(n, t, d)}"
-    if h5["features"].shape != (n, feature_dim):
-        return f"features shape {h5['features'].shape} != {(n, feature_dim)}"
-    stored_ids = [s.decode("utf-8") if isinstance(s, bytes) else s for s in h5["sample_ids"][...]]
-    if stored_ids != sample_ids:
-        return "sample_ids differ (different training split, shots or seed?)"
-    if not np.array_equal(h5["labels"][...], labels):
-        return "labels differ"
-    if not np.array_equal(h5["init_prompt"][...], init_prompt):
-        return "init_prompt differs (the host prompt was retrained?)"
-    has_mask = "token_mask" in h5
-    if has_mask != (token_mask is not None) or (
-        has_mask and not np.array_equal(h5["token_mask"][...], token_mask)
-    ):
-        return "token_mask differs"
+    for f in FIELDS:
+        wanted = not f.optional or given.get(f.name) is not None
+        if f.name not in h5:
+            if wanted:
+                return f"dataset {f.name!r} is missing"
+            continue
+        if not wanted:
+            return f"dataset {f.name!r} is present but not wanted now"
+        shape = f.shape_in(dims)
+        if h5[f.name].shape != shape:
+            return f"{f.name} shape {h5[f.name].shape} != {shape}"
+        if f.given and not np.array_equal(f.load(h5[f.name][...]), f.load(given[f.name])):
+            return f"{f.name} differs" + (f" ({f.hint})" if f.hint else "")
     old = _user_attrs(h5.attrs)
     if old != stored_attrs:
         keys = sorted(k for k in set(old) | set(stored_attrs) if old.get(k) != stored_attrs.get(k))
@@ -444,12 +462,10 @@ def open_writer(
         raise PdiffError(f"prompt store {path}: attributes {reserved} are set by pdiff itself")
     stored_attrs, json_keys = _encode_attrs(attrs)
     spec = {
-        "sample_ids": ids,
-        "labels": labels_arr,
-        "init_prompt": init,
-        "feature_dim": int(feature_dim),
+        "given": {"sample_ids": ids, "labels": labels_arr, "init_prompt": init,
+                  "token_mask": mask},
+        "dims": {"N": n, "T": t, "D": d, "F": int(feature_dim)},
         "stored_attrs": stored_attrs,
-        "token_mask": mask,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -483,7 +499,7 @@ def open_writer(
         )
         return writer
 
-    h5 = _create(partial, json_keys=json_keys, **spec)  # type: ignore[arg-type]
+    h5 = _create(partial, json_keys=json_keys, **spec)
     log.info("creating prompt store %s (%d samples, tokens %dx%d)", partial, n, t, d)
     return StoreWriter(path, h5, resumed=False)
 
@@ -493,7 +509,8 @@ def open_writer(
 
 @dataclass
 class PromptStore:
-    """A complete prompt store loaded into memory (see the module docstring for fields)."""
+    """A complete prompt store loaded into memory: one attribute per :data:`FIELDS` entry, in
+    its order, plus the decoded attributes."""
 
     prompts: np.ndarray
     init_prompt: np.ndarray
@@ -521,12 +538,6 @@ class PromptStore:
     @property
     def method(self) -> str | None:
         return self.attrs.get("method")
-
-
-_DATASETS = (
-    "prompts", "init_prompt", "features", "labels", "sample_ids",
-    "loss_before", "loss_after", "done",
-)
 
 
 @contextmanager
@@ -561,13 +572,13 @@ def _open_checked(
                 f"prompt store {path} has schema_version {version}, this pdiff reads "
                 f"{SCHEMA_VERSION}; rebuild it with `pdiff overfit`"
             )
-        missing = [name for name in _DATASETS if name not in h5]
+        missing = [f.name for f in FIELDS if not f.optional and f.name not in h5]
         if missing:
             raise PdiffError(
                 f"prompt store {path} lacks datasets {missing}; rebuild it with `pdiff overfit`"
             )
         attrs = _decode_attrs(h5.attrs)
-        done = np.asarray(h5["done"][...], dtype=bool)
+        done = np.asarray(h5[DONE][...], dtype=bool)
         if not done.all():
             raise PdiffError(
                 f"prompt store {path} is incomplete ({int(done.sum())}/{done.size} rows done); "
@@ -603,21 +614,8 @@ def read_store(
 ) -> PromptStore:
     """Load a complete prompt store, checking schema, completeness and provenance."""
     with _open_checked(path, expect_method, expect_backbone) as (h5, attrs):
-        data = {name: h5[name][...] for name in _DATASETS}
-        token_mask = np.asarray(h5["token_mask"][...], dtype=bool) if "token_mask" in h5 else None
-    ids = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in data["sample_ids"]]
-    return PromptStore(
-        prompts=np.asarray(data["prompts"], dtype=np.float32),
-        init_prompt=np.asarray(data["init_prompt"], dtype=np.float32),
-        features=np.asarray(data["features"], dtype=np.float32),
-        labels=np.asarray(data["labels"], dtype=np.int64),
-        sample_ids=ids,
-        loss_before=np.asarray(data["loss_before"], dtype=np.float32),
-        loss_after=np.asarray(data["loss_after"], dtype=np.float32),
-        done=np.asarray(data["done"], dtype=bool),
-        token_mask=token_mask,
-        attrs=attrs,
-    )
+        data = {f.name: f.load(h5[f.name][...]) for f in FIELDS if f.name in h5}
+    return PromptStore(**data, attrs=attrs)
 
 
 def read_store_rows(
@@ -628,8 +626,12 @@ def read_store_rows(
     expect_method: str | None = None,
     expect_backbone: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
-    """Rows ``select(N)`` (sorted indices) of one per-sample dataset, after the same checks as
-    :func:`read_store`: only those rows are read (h5py slices), never the whole store."""
+    """Rows ``select(N)`` (sorted indices) of one per-sample numeric dataset, after the same
+    checks as :func:`read_store`: only those rows are read (h5py slices), never the whole store.
+    """
+    field = _FIELD.get(name)
+    if field is None or not field.per_row or field.dtype is STRING:
+        raise ValueError(f"{name!r} is not a per-sample numeric dataset of the prompt store")
     with _open_checked(path, expect_method, expect_backbone) as (h5, _):
         rows = np.asarray(select(len(h5[name])), dtype=np.int64)
-        return np.asarray(h5[name][rows], dtype=np.float32)
+        return field.load(h5[name][rows])

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -26,9 +28,9 @@ from pdiff.data import (
     read_split,
     subsample_classes,
 )
-from pdiff.errors import PdiffError
 from pdiff.inputs import ImageList, image_list
 from pdiff.methods import PromptMethod, get_method
+from pdiff.methods.base import TrainConfig
 from pdiff.resume import Resume, file_digest, rng_state, set_rng_state, tensor_digest
 from pdiff.utils import get_device, set_seed
 
@@ -38,23 +40,18 @@ WARMUP_LR = 1e-5  # Dassl's constant warm-up learning rate
 ACCURACY_BATCH = 512
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
-    name = cfg.get("optimizer", "sgd")
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg.get("momentum", 0.9),
-                               weight_decay=cfg.get("weight_decay", 5e-4))
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
-    raise PdiffError(f"unknown optimizer '{name}'; use sgd, adam or adamw")
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.decay)
+    optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optimizer(params, lr=cfg.lr, weight_decay=cfg.decay)
 
 
-def epoch_lr(epoch: int, cfg: dict) -> float:
+def epoch_lr(epoch: int, cfg: TrainConfig) -> float:
     """Constant warm-up, then cosine annealing over all epochs (stepped per epoch, as Dassl)."""
-    if epoch < cfg.get("warmup_epochs", 0):
+    if epoch < cfg.warmup_epochs:
         return WARMUP_LR
-    return 0.5 * cfg["lr"] * (1 + math.cos(math.pi * epoch / cfg["epochs"]))
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
 
 
 @torch.no_grad()
@@ -70,9 +67,11 @@ def accuracy(method: PromptMethod, images: ImageList) -> float:
     return 100.0 * correct / max(1, len(images))
 
 
-def fit_prompt(method: PromptMethod, images: ImageList, cfg: dict, gen: torch.Generator,
-               resume: Resume | None = None, augment: dict | None = None) -> list[float]:
-    """The training loop; returns the mean loss of every epoch.
+def fit_prompt(method: PromptMethod, images: ImageList, params: Mapping[str, Any],
+               gen: torch.Generator, resume: Resume | None = None,
+               augment: dict | None = None) -> list[float]:
+    """The training loop on the recipe in ``params`` (a method block; the method's own keys are
+    the method's); returns the mean loss of every epoch.
 
     With `augment`, each epoch sees a fresh random view of every image (a cached augmented
     feature for methods on frozen features, a new crop and flip for the others).
@@ -81,6 +80,8 @@ def fit_prompt(method: PromptMethod, images: ImageList, cfg: dict, gen: torch.Ge
     the method's own aggregation state) is checkpointed after every epoch, and a run started
     again continues after the last completed epoch with the same result.
     """
+    cfg = TrainConfig.from_dict(params, f"method_params.{method.name}",
+                                also=method.config_type.keys())
     opt = make_optimizer(method.learnable_parameters(), cfg)
     history: list[float] = []
     start = 0
@@ -92,10 +93,10 @@ def fit_prompt(method: PromptMethod, images: ImageList, cfg: dict, gen: torch.Ge
         gen.set_state(state["gen"])
         set_rng_state(state["rng"])
         start, history = int(state["epoch"]), list(state["history"])
-        log.info("resuming %s training after epoch %d of %d", method.name, start, cfg["epochs"])
-    n, bs = len(images), cfg["batch_size"]
-    for epoch in tqdm(range(start, cfg["epochs"]), desc=f"train {method.name}", initial=start,
-                      total=cfg["epochs"], mininterval=5):
+        log.info("resuming %s training after epoch %d of %d", method.name, start, cfg.epochs)
+    n, bs = len(images), cfg.batch_size
+    for epoch in tqdm(range(start, cfg.epochs), desc=f"train {method.name}", initial=start,
+                      total=cfg.epochs, mininterval=5):
         for group in opt.param_groups:
             group["lr"] = epoch_lr(epoch, cfg)
         order = torch.randperm(n, generator=gen).numpy()
@@ -108,7 +109,7 @@ def fit_prompt(method: PromptMethod, images: ImageList, cfg: dict, gen: torch.Ge
             opt.step()
             total += loss.item() * len(labels)
         history.append(total / n)
-        method.on_epoch_end(epoch, cfg["epochs"])
+        method.on_epoch_end(epoch, cfg.epochs)
         if resume is not None:
             resume.save({"method": method.learnable_state(), "opt": opt.state_dict(),
                          "gen": gen.get_state(), "rng": rng_state(), "epoch": epoch + 1,

@@ -379,8 +379,10 @@ def test_user_errors(tmp_path: Path) -> None:
     with pytest.raises(PdiffError, match=r"nothing\.safetensors.*pdiff fit-diffusion"):
         load_diffusion(tmp_path / "nothing.safetensors")
     params = _params()
-    del params["ema"]
-    with pytest.raises(PdiffError, match="ema"):
+    del params["steps"]  # the one key without a default
+    with pytest.raises(PdiffError, match="steps"):
         fit_diffusion(_store(n=4), params, seed=0)
+    with pytest.raises(PdiffError, match="ema"):
+        fit_diffusion(_store(n=4), _params(ema=1.0), seed=0)
     with pytest.raises(PdiffError, match="normalise"):
         fit_diffusion(_store(n=4), _params(normalise="minmax"), seed=0)

@@ -18,7 +18,7 @@ from pdiff.data import (
     fewshot_data,
     read_split,
 )
-from pdiff.data.layouts import READERS
+from pdiff.data.readers import READERS
 from pdiff.errors import PdiffError
 from tests.fixture_trees import BUILDERS, build_tree
 from tests.test_data import dassl_reference
@@ -30,7 +30,7 @@ TRAINABLE = [n for n in ALL if KNOWN_DATASETS[n].get("format") not in TEST_ONLY]
 
 def test_fixtures_cover_all_15_and_formats_have_readers():
     assert len(ALL) == 15 and set(BUILDERS) == set(ALL)
-    assert set(FORMATS) == {"split_json", *READERS}
+    assert set(FORMATS) == set(READERS)
 
 
 @pytest.mark.parametrize("name", ALL)

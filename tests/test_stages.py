@@ -180,7 +180,8 @@ ALL_METHODS = {
     "coop": COOP,
     "cocoop": {**COOP, "init": "a photo of a", "n_ctx": 2},
     "kgcoop": {**COOP, "kg_weight": 8.0},
-    "vpt": {**COOP, "n_ctx": 2, "depth": 2, "init": "random"},
+    # VPT has no text context to initialise: no `init`
+    "vpt": {**{k: v for k, v in COOP.items() if k != "init"}, "n_ctx": 2, "depth": 2},
     "maple": {**COOP, "n_ctx": 2, "init": "a photo of a", "depth": 2},
     "promptsrc": {**COOP, "n_ctx": 2, "init": "a photo of a", "depth": 2, "n_ctx_vision": 2,
                   "text_weight": 25.0, "image_weight": 10.0, "kl_weight": 1.0, "gpa_mean": 1.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
@@ -11,7 +12,9 @@ import pytest
 
 from pdiff.errors import PdiffError
 from pdiff.store import (
+    FIELDS,
     SCHEMA_VERSION,
+    PromptStore,
     open_writer,
     partial_path,
     read_store,
@@ -145,6 +148,22 @@ def test_incompatible_partial_rejected(tmp_path: Path) -> None:
     # The rejected partial is left alone.
     with _writer(path, rows) as w:
         assert w.pending().size == N - 3
+
+
+def test_store_class_follows_the_declared_fields() -> None:
+    assert [f.name for f in fields(PromptStore)] == [*(f.name for f in FIELDS), "attrs"]
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIELDS])
+def test_partial_lacking_a_dataset_is_refused_on_resume(tmp_path: Path, name: str) -> None:
+    rows = _rows()
+    path = tmp_path / "store.h5"
+    with _writer(path, rows) as w:
+        _write(w, rows, np.arange(3))
+    with h5py.File(partial_path(path), "r+") as h5:
+        del h5[name]
+    with pytest.raises(PdiffError, match=rf"different run: dataset '{name}' is missing.*delete"):
+        _writer(path, rows)
 
 
 def test_finalize_requires_all_rows(tmp_path: Path) -> None:

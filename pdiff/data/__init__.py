@@ -1,6 +1,6 @@
 """Datasets in the CoOp/Dassl layout: split reading, few-shot draws, templates, images."""
 
-from pdiff.data.coop import (
+from pdiff.data.catalogue import (
     DEFAULT_FORMAT,
     FORMATS,
     KNOWN_DATASETS,
@@ -8,7 +8,6 @@ from pdiff.data.coop import (
     DatasetSpec,
     DatasetSplits,
     Datum,
-    read_split,
 )
 from pdiff.data.fewshot import (
     MAX_VAL_SHOTS,
@@ -24,6 +23,7 @@ from pdiff.data.fewshot import (
     subsample_classes,
 )
 from pdiff.data.images import ImageDataset, image_loader, load_image
+from pdiff.data.readers import read_split
 from pdiff.data.templates import (
     GENERIC_TEMPLATE,
     TEMPLATES,

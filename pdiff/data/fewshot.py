@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pdiff.data.coop import DatasetSplits, Datum, parse_entries
+from pdiff.data.catalogue import DatasetSplits, Datum, parse_entries
 from pdiff.errors import PdiffError
 from pdiff.utils import write_json
 

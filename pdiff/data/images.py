@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from pdiff.data.coop import Datum
+from pdiff.data.catalogue import Datum
 from pdiff.errors import PdiffError
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 `pdiff prepare` writes it when ``world.kind`` is ``rehearsal`` (config/rehearsal.yaml), so that
 the benchmark config runs end to end without its data: every reader, check, few-shot draw and
 data loader meets what it will meet on the real datasets. Each dataset has its real class count,
-CoOp's folders (:data:`pdiff.data.coop.KNOWN_DATASETS`), file names shaped like the real ones
+CoOp's folders (:data:`pdiff.data.catalogue.KNOWN_DATASETS`), file names shaped like the real ones
 and its format's index files (split JSON, ``classnames.txt``, FGVCAircraft's list files, label
 folders); class names come from :mod:`pdiff.data.rehearsal_names` (ImageNet's are open_clip's).
 
@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from pdiff.data import rehearsal_names as names
-from pdiff.data.coop import DEFAULT_FORMAT, KNOWN_DATASETS, SPLITS
-from pdiff.data.layouts import AIRCRAFT_CLASSES, AIRCRAFT_SPLITS
+from pdiff.data.catalogue import DEFAULT_FORMAT, KNOWN_DATASETS, SPLITS
+from pdiff.data.readers import AIRCRAFT_CLASSES, AIRCRAFT_SPLITS
 from pdiff.errors import PdiffError
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
+from pdiff.config import Config, positive
 from pdiff.diffusion.objective import Objective
 from pdiff.errors import PdiffError
 
@@ -28,7 +31,8 @@ FIXED_SOLVERS = (
 )
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 SOLVERS = FIXED_SOLVERS + ADAPTIVE_SOLVERS
-STARTS = ("zero", "noise")
+Start = Literal["zero", "noise"]
+STARTS: tuple[str, ...] = get_args(Start)
 
 #: ``field(t: scalar Tensor, x: Tensor) -> dx/dt``, torchdiffeq's calling convention.
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -52,6 +56,23 @@ def check_solver(solver: str) -> None:
             f"unknown ODE solver {solver!r}; valid: fixed-grid {', '.join(FIXED_SOLVERS)}; "
             f"adaptive {', '.join(ADAPTIVE_SOLVERS)}"
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingConfig(Config):
+    """The `sampling` section: how evaluation draws each image's prompt (every default of the
+    section lives here)."""
+
+    SECTION: ClassVar[str] = "sampling"
+
+    steps: int
+    solver: str = "euler"
+    start: Start = "zero"  # zero: the prior's zero point (deterministic); noise: a Gaussian draw
+    draws: int = 1  # draws per image, their probabilities averaged
+
+    def __post_init__(self) -> None:
+        check_solver(self.solver)
+        positive(self.SECTION, steps=self.steps, draws=self.draws)
 
 
 def integrate(

@@ -8,6 +8,9 @@ Optimisation: AdamW, linear warm-up then cosine decay to zero, gradient clipping
 an exponential moving average (EMA) of the weights, which is the model used for
 sampling. The EMA decay is warmed up as ``min(ema, (1 + k) / (10 + k))`` at step ``k``
 so that short runs are not dominated by the zero-initialised starting weights.
+
+:class:`TrainState` holds one run and its steps (build, resume, step, EMA update,
+checkpoint), the way DiT's reference trainer reads; ``fit_diffusion`` is its loop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 import pdiff
+from pdiff.diffusion.config import DiffusionConfig
 from pdiff.diffusion.dit import PromptDiT
 from pdiff.diffusion.normalise import TargetNormaliser
 from pdiff.diffusion.objective import Objective, get_objective
@@ -45,21 +49,6 @@ log = logging.getLogger("pdiff.diffusion.train")
 FORMAT = "pdiff-diffusion/1"
 #: Steps between two resume checkpoints (when ``fit_diffusion`` is given a ``resume``).
 CHECKPOINT_EVERY = 200
-REQUIRED_PARAMS = (
-    "objective", "target", "normalise", "depth", "width", "heads", "steps",
-    "batch_size", "lr", "weight_decay", "ema", "cls_weight",
-)
-#: Optional keys and their defaults (``warmup=None``: 5% of the steps, at most 200).
-OPTIONAL_PARAMS: dict[str, Any] = {
-    "warmup": None,
-    "mlp_ratio": 4.0,
-    "grad_clip": 1.0,
-    "prediction": "v",  # vp objective only: "v" or "eps"
-    "log_every": None,  # history resolution; None: about 100 points per run
-    "holdout": 0.0,  # fraction of the store kept out of training (read by the fit stage)
-    "cls_batch": None,  # rows of each batch in the classification term; None: all of them
-    "cls_negatives": None,  # classes sampled per row besides its own (read by the cls loss)
-}
 
 #: ``cls_loss(prompts [B,T,D], labels [B], features [B,F], generator) -> scalar``; any random
 #: draw it makes comes from ``generator`` (seeded, part of the resumable training state).
@@ -113,34 +102,8 @@ class DiffusionModel:
         return self.normaliser.decode(x1), nfe
 
 
-def _resolve_params(params: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in REQUIRED_PARAMS if k not in params]
-    if missing:
-        raise PdiffError(
-            f"diffusion parameters lack {missing}; set them under `diffusion:` in the config"
-        )
-    unknown = sorted(set(params) - set(REQUIRED_PARAMS) - set(OPTIONAL_PARAMS))
-    if unknown:
-        log.warning("ignoring unknown diffusion parameters %s", unknown)
-    out = {k: params[k] for k in REQUIRED_PARAMS}
-    for key, default in OPTIONAL_PARAMS.items():
-        out[key] = params.get(key, default)
-    if int(out["steps"]) < 1 or int(out["batch_size"]) < 1:
-        raise PdiffError("diffusion steps and batch_size must be positive integers")
-    for key in ("cls_batch", "cls_negatives"):
-        if out[key] is not None and int(out[key]) < 1:
-            raise PdiffError(f"diffusion {key} must be a positive integer, got {out[key]}")
-    if not 0.0 <= float(out["ema"]) < 1.0:
-        raise PdiffError(f"diffusion ema must be in [0, 1), got {out['ema']}")
-    if out["warmup"] is None:
-        out["warmup"] = min(200, max(1, round(0.05 * int(out["steps"]))))
-    if out["log_every"] is None:
-        out["log_every"] = max(1, int(out["steps"]) // 100)
-    return out
-
-
-def _objective_kwargs(p: dict[str, Any]) -> dict[str, Any]:
-    return {"prediction": p["prediction"]} if p["objective"] == "vp" else {}
+def _objective_kwargs(cfg: DiffusionConfig) -> dict[str, Any]:
+    return {"prediction": cfg.prediction} if cfg.objective == "vp" else {}
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -168,6 +131,142 @@ class _Batches:
         return idx
 
 
+class TrainState:
+    """One DiT training run: the network, its EMA, optimiser, schedule, batch order and RNG,
+    the step count and the loss history, with the steps that advance them.
+
+    Built from the store and the (resolved) config, in the order every seeded draw depends on:
+    weights under a forked global RNG seeded with ``seed``, then one ``torch.Generator`` seeded
+    with ``seed`` for the batch order, times and noise.
+    """
+
+    def __init__(self, store: PromptStore, cfg: DiffusionConfig, *, seed: int,
+                 cls_loss: ClsLoss | None, device: torch.device) -> None:
+        self.cfg = cfg
+        mask = store.token_mask
+        self.token_mask = None if mask is None else torch.as_tensor(np.asarray(mask, dtype=bool))
+        self.normaliser = TargetNormaliser.fit(
+            store.prompts, store.init_prompt, target=cfg.target, normalise=cfg.normalise,
+            token_mask=self.token_mask,
+        )
+        self.objective = get_objective(cfg.objective, token_mask=self.token_mask,
+                                       **_objective_kwargs(cfg))
+        # The network runs in float32 whatever precision the caller's arrays have.
+        prompts = torch.as_tensor(store.prompts, dtype=torch.float32)
+        self.x = self.normaliser.encode(prompts).to(device)
+        self.cond = torch.as_tensor(store.features, dtype=torch.float32).to(device)
+        self.labels = torch.as_tensor(store.labels, dtype=torch.int64).to(device)
+
+        # Weight init draws from the global RNG: fork it so the caller's RNG state is untouched.
+        t_len, d = store.token_shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = PromptDiT(
+                t_len, d, store.feature_dim,
+                width=int(cfg.width), depth=int(cfg.depth), heads=int(cfg.heads),
+                mlp_ratio=float(cfg.mlp_ratio),
+            ).to(device)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay)
+        )
+        steps, warmup = int(cfg.steps), int(cfg.warmup)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: _lr_factor(s, warmup, steps)
+        )
+        self.gen = torch.Generator().manual_seed(seed)
+        self.batches = _Batches(store.num_samples, int(cfg.batch_size), self.gen)
+
+        cls_weight = float(cfg.cls_weight)
+        if cls_weight > 0 and cls_loss is None:
+            log.warning("cls_weight=%g but no classification loss given: training without it",
+                        cls_weight)
+        self.cls_loss = cls_loss if cls_weight > 0 else None
+        self.cls_rows = slice(None) if cfg.cls_batch is None else slice(int(cfg.cls_batch))
+
+        self.step = 0  # steps done
+        self.window: list[float] = []  # losses since the last history point
+        self.history: list[tuple[int, float]] = []  # (step, mean loss) points
+
+    # -- resuming ------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next steps depend on, for a resume checkpoint."""
+        return {
+            "model": self.model.state_dict(), "ema": self.ema_model.state_dict(),
+            "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(), "rng": rng_state(), "perm": self.batches.perm,
+            "pos": self.batches.pos, "step": self.step, "window": self.window,
+            "history": [list(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema_model.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        set_rng_state(state["rng"])
+        self.batches.perm, self.batches.pos = state["perm"], int(state["pos"])
+        self.step, self.window = int(state["step"]), list(state["window"])
+        self.history = [(int(s), float(v)) for s, v in state["history"]]
+
+    # -- training ------------------------------------------------------------------
+
+    def loss(self) -> Tensor:
+        """The next batch's loss: diffusion loss, plus the classification term if any."""
+        idx = self.batches.next().to(self.x.device)
+        x1, cond = self.x[idx], self.cond[idx]
+        per_sample, x1_hat = self.objective.loss(self.model, x1, cond, generator=self.gen)
+        loss = per_sample.mean()
+        if self.cls_loss is not None:
+            rows = self.cls_rows
+            loss = loss + float(self.cfg.cls_weight) * self.cls_loss(
+                self.normaliser.decode(x1_hat[rows]), self.labels[idx[rows]], cond[rows],
+                self.gen,
+            )
+        return loss
+
+    def train_step(self) -> float:
+        """One optimiser step (clipped gradients, scheduled lr); returns the step's loss."""
+        loss = self.loss()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise PdiffError(
+                f"diffusion loss became non-finite at step {self.step + 1}; lower diffusion.lr "
+                "or check the prompt store for NaNs"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.grad_clip))
+        self.opt.step()
+        self.sched.step()
+        return value
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the EMA towards the weights; the decay is warmed up over the first steps."""
+        decay = min(float(self.cfg.ema), (1 + self.step) / (10 + self.step))
+        for e, q in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+            e.lerp_(q, 1.0 - decay)
+
+    def record(self, value: float) -> bool:
+        """Count the step done and log its loss; True when a history point was added."""
+        self.step += 1
+        self.window.append(value)
+        if self.step % int(self.cfg.log_every) and self.step != int(self.cfg.steps):
+            return False
+        self.history.append((self.step, float(np.mean(self.window))))
+        self.window = []
+        return True
+
+    def result(self) -> DiffusionModel:
+        self.ema_model.eval()
+        return DiffusionModel(self.ema_model, self.objective, self.normaliser, self.cfg.to_dict(),
+                              self.token_mask, self.history)
+
+
 def fit_diffusion(
     store: PromptStore,
     params: dict[str, Any],
@@ -190,115 +289,31 @@ def fit_diffusion(
     again continues from the last checkpoint with the same result. The caller removes the
     resume file once the model is saved.
     """
-    p = _resolve_params(params)
-    device = torch.device(device)
-    n, (t_len, d) = store.num_samples, store.token_shape
-    mask_np = store.token_mask
-    token_mask = None if mask_np is None else torch.as_tensor(np.asarray(mask_np, dtype=bool))
-
-    normaliser = TargetNormaliser.fit(
-        store.prompts,
-        store.init_prompt,
-        target=p["target"],
-        normalise=p["normalise"],
-        token_mask=token_mask,
-    )
-    objective = get_objective(p["objective"], token_mask=token_mask, **_objective_kwargs(p))
-    # The network runs in float32 whatever precision the caller's arrays have.
-    x_all = normaliser.encode(torch.as_tensor(store.prompts, dtype=torch.float32)).to(device)
-    feats = torch.as_tensor(store.features, dtype=torch.float32).to(device)
-    labels = torch.as_tensor(store.labels, dtype=torch.int64).to(device)
-
-    # Weight init draws from the global RNG: fork it so the caller's RNG state is untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = PromptDiT(
-            t_len, d, store.feature_dim,
-            width=int(p["width"]), depth=int(p["depth"]), heads=int(p["heads"]),
-            mlp_ratio=float(p["mlp_ratio"]),
-        ).to(device)
-    ema_model = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"])
-    )
-    steps, warmup = int(p["steps"]), int(p["warmup"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, warmup, steps))
-    gen = torch.Generator().manual_seed(seed)
-    batches = _Batches(n, int(p["batch_size"]), gen)
-    cls_weight = float(p["cls_weight"])
-    cls_rows = slice(None) if p["cls_batch"] is None else slice(int(p["cls_batch"]))
-    use_cls = cls_weight > 0 and cls_loss is not None
-    if cls_weight > 0 and cls_loss is None:
-        log.warning("cls_weight=%g but no classification loss given: training without it",
-                    cls_weight)
+    cfg = DiffusionConfig.from_dict(params).resolved()
+    run = TrainState(store, cfg, seed=seed, cls_loss=cls_loss, device=torch.device(device))
+    steps = int(cfg.steps)
     log.info(
         "fitting %s diffusion on %d prompts [%d x %d], %d params, %d steps",
-        p["objective"], n, t_len, d, sum(q.numel() for q in model.parameters()), steps,
+        cfg.objective, store.num_samples, *store.token_shape,
+        sum(q.numel() for q in run.model.parameters()), steps,
     )
-
-    history: list[tuple[int, float]] = []
-    window: list[float] = []
-    log_every = int(p["log_every"])
-    ema = float(p["ema"])
-    start = 0
-    state = resume.load() if resume is not None else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        ema_model.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        set_rng_state(state["rng"])
-        batches.perm, batches.pos = state["perm"], int(state["pos"])
-        start, window = int(state["step"]), list(state["window"])
-        history = [(int(s), float(v)) for s, v in state["history"]]
-        log.info("resuming diffusion training at step %d of %d", start, steps)
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        run.load_state_dict(saved)
+        log.info("resuming diffusion training at step %d of %d", run.step, steps)
     every = int(CHECKPOINT_EVERY)
-    model.train()
-    bar = tqdm(range(start, steps), desc="fit-diffusion", initial=start, total=steps,
+    run.model.train()
+    bar = tqdm(range(run.step, steps), desc="fit-diffusion", initial=run.step, total=steps,
                disable=not sys.stderr.isatty())
-    for step in bar:
-        idx = batches.next().to(device)
-        x1, cond = x_all[idx], feats[idx]
-        per_sample, x1_hat = objective.loss(model, x1, cond, generator=gen)
-        loss = per_sample.mean()
-        if use_cls:
-            assert cls_loss is not None
-            rows = idx[cls_rows]
-            loss = loss + cls_weight * cls_loss(
-                normaliser.decode(x1_hat[cls_rows]), labels[rows], cond[cls_rows], gen
-            )
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise PdiffError(
-                f"diffusion loss became non-finite at step {step + 1}; lower diffusion.lr "
-                "or check the prompt store for NaNs"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if p["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(p["grad_clip"]))
-        opt.step()
-        sched.step()
-        decay = min(ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, q in zip(ema_model.parameters(), model.parameters(), strict=True):
-                e.lerp_(q, 1.0 - decay)
-        window.append(value)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            history.append((step + 1, float(np.mean(window))))
-            window = []
-            bar.set_postfix(loss=f"{history[-1][1]:.4f}")
-        if resume is not None and (step + 1) % every == 0 and step + 1 < steps:
-            resume.save({
-                "model": model.state_dict(), "ema": ema_model.state_dict(),
-                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                "rng": rng_state(), "perm": batches.perm, "pos": batches.pos,
-                "step": step + 1, "window": window, "history": [list(h) for h in history],
-            })
-    log.info("diffusion training done: final loss %.4f", history[-1][1])
-    ema_model.eval()
-    return DiffusionModel(ema_model, objective, normaliser, p, token_mask, history)
+    for _ in bar:
+        value = run.train_step()
+        run.update_ema()
+        if run.record(value):
+            bar.set_postfix(loss=f"{run.history[-1][1]:.4f}")
+        if resume is not None and run.step % every == 0 and run.step < steps:
+            resume.save(run.state_dict())
+    log.info("diffusion training done: final loss %.4f", run.history[-1][1])
+    return run.result()
 
 
 # --------------------------------------------------------------------------- persistence

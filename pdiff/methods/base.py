@@ -8,18 +8,59 @@ Nothing outside `pdiff/methods/` knows which method it is talking to.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pdiff.backbone import Backbone
+from pdiff.config import Config
 from pdiff.errors import PdiffError
 from pdiff.methods.packing import PromptLayout
 
 Prompts = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """The training recipe of a `method_params` block (`pdiff train`): the keys every method
+    shares besides its prompt's own (:class:`MethodConfig`)."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "sgd"
+    lr: float
+    batch_size: int
+    epochs: int
+    momentum: float = 0.9  # sgd only
+    weight_decay: float | None = None  # None: Dassl's 5e-4 with sgd, 0 with adam and adamw
+    warmup_epochs: int = 0  # epochs at Dassl's constant warm-up lr before the cosine schedule
+
+    @property
+    def decay(self) -> float:
+        """The weight decay in effect."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 5e-4 if self.optimizer == "sgd" else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig(Config):
+    """A host method's own keys of its `method_params` block (the rest is its TrainConfig);
+    each method extends it with its keys and their defaults."""
+
+    #: Keys pdiff sets itself, never the config.
+    INTERNAL: ClassVar[frozenset[str]] = frozenset({"init_seed"})
+
+    init_seed: int = 0  # seeds the initial prompt; `pdiff train` sets it to the run's seed
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeepConfig(MethodConfig):
+    """The keys of a deep-prompt method."""
+
+    depth: int = 1  # encoder layers receiving prompts (0: none)
 
 
 @dataclass
@@ -86,14 +127,25 @@ class PromptMethod(nn.Module):
     per_sample_texts: ClassVar[bool] = False
     # True when even the learned prompt gives each image its own class texts (CoCoOp's meta-net)
     image_conditioned_texts: ClassVar[bool] = False
+    #: The method's own keys and their defaults.
+    config_type: ClassVar[type[MethodConfig]] = MethodConfig
+    config: MethodConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         super().__init__()
         # A plain attribute, not a submodule: the backbone is frozen and never checkpointed.
         object.__setattr__(self, "backbone", backbone)
+        # params as given (what checkpoints record); config as read
         self.template, self.params = template, params
+        self.config = self.read_config(params)
         self.prompt = nn.ParameterDict()  # the learned prompt (per-sample shapes, no batch dim)
         self.set_classnames(classnames)
+
+    @classmethod
+    def read_config(cls, params: Mapping[str, Any]) -> MethodConfig:
+        """The method's own keys of ``params`` (the training recipe's are TrainConfig's)."""
+        return cls.config_type.from_dict(params, f"method_params.{cls.name}",
+                                         also=TrainConfig.keys())
 
     # --- what subclasses provide -------------------------------------------------------------
     def set_classnames(self, classnames: list[str]) -> None:
@@ -182,9 +234,9 @@ def cosine(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     return torch.einsum("be,bce->bc", image, text)
 
 
-def check_depth(params: dict, layers: int, method: str) -> int:
+def check_depth(config: DeepConfig, layers: int, method: str) -> int:
     """The prompt depth of a deep-prompt method, validated against the encoder's layers."""
-    depth = int(params.get("depth", 1))
+    depth = int(config.depth)
     if not 0 <= depth <= layers:
         raise PdiffError(f"method_params.{method}.depth is {depth}, but the encoder has {layers} "
                          f"layers; use a depth in 0..{layers}")

@@ -24,7 +24,7 @@ class CoCoOp(ContextMethod):
         super().__init__(backbone, classnames, template, params)
         e, w = backbone.embed_dim, backbone.text_width
         hidden = max(1, e // 16)
-        gen = torch.Generator().manual_seed(int(params.get("init_seed", 0)))
+        gen = torch.Generator().manual_seed(int(self.config.init_seed))
         self.meta_net = nn.Sequential(
             seeded_linear(e, hidden, gen), nn.ReLU(), seeded_linear(hidden, w, gen)
         ).to(backbone.device)

@@ -7,16 +7,25 @@ classes (published weight 8). Per-sample overfitting keeps the term, per sample 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from pdiff.methods.base import Anchor, Inputs, Prompts, anchored, cosine
 from pdiff.methods.coop import CoOp
-from pdiff.methods.text import template_features
+from pdiff.methods.text import ContextConfig, template_features
+
+
+@dataclass(frozen=True, kw_only=True)
+class KgCoOpConfig(ContextConfig):
+    kg_weight: float = 8.0  # the published weight of the knowledge-guided term
 
 
 class KgCoOp(CoOp):
     name = "kgcoop"
+    config_type = KgCoOpConfig
+    config: KgCoOpConfig
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
@@ -35,4 +44,4 @@ class KgCoOp(CoOp):
         logits = self.backbone.logit_scale * cosine(image, text)
         kg = 1 - (text * self.hand_crafted).sum(-1).mean(-1)  # [1 | B]
         loss = F.cross_entropy(logits, labels, reduction="none")
-        return anchored(loss + float(self.params.get("kg_weight", 8.0)) * kg, logits, anchor)
+        return anchored(loss + float(self.config.kg_weight) * kg, logits, anchor)

@@ -9,26 +9,36 @@ With depth 0 only the layer-0 text context remains (CoOp).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pdiff.backbone import Backbone
-from pdiff.methods.base import Inputs, Prompts, check_depth, seeded_linear
-from pdiff.methods.text import ContextMethod, random_tokens
+from pdiff.methods.base import DeepConfig, Inputs, Prompts, check_depth, seeded_linear
+from pdiff.methods.text import ContextConfig, ContextMethod, random_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaPLeConfig(ContextConfig, DeepConfig):
+    pass
 
 
 class MaPLe(ContextMethod):
     name = "maple"
     needs_images = True
+    config_type = MaPLeConfig
+    config: MaPLeConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         super().__init__(backbone, classnames, template, params)
-        depth = check_depth(params, min(backbone.text_layers, backbone.vision_layers), self.name)
+        cfg = self.config
+        depth = check_depth(cfg, min(backbone.text_layers, backbone.vision_layers), self.name)
         if depth > 1:
             shape = (depth - 1, self.n_ctx, backbone.text_width)
             self.prompt["text_deep"] = nn.Parameter(
-                random_tokens(params, shape, salt=1).to(backbone.device))
-        gen = torch.Generator().manual_seed(int(params.get("init_seed", 0)))
+                random_tokens(cfg.init_seed, shape, salt=1).to(backbone.device))
+        gen = torch.Generator().manual_seed(int(cfg.init_seed))
         self.coupling = nn.ModuleList(
             seeded_linear(backbone.text_width, backbone.vision_width, gen) for _ in range(depth)
         ).to(backbone.device)

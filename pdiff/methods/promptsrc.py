@@ -10,14 +10,23 @@ The prompt kept after training is the Gaussian-weighted average over epochs (GPA
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pdiff.backbone import Backbone
-from pdiff.methods.base import Anchor, Inputs, Prompts, anchored, check_depth, cosine
-from pdiff.methods.text import ContextMethod, random_tokens, template_features
+from pdiff.methods.base import (
+    Anchor,
+    DeepConfig,
+    Inputs,
+    Prompts,
+    anchored,
+    check_depth,
+    cosine,
+)
+from pdiff.methods.text import ContextConfig, ContextMethod, random_tokens, template_features
 
 # CLIP's seven-template ImageNet ensemble; the dataset's own template is added to it.
 ENSEMBLE = [
@@ -31,20 +40,37 @@ ENSEMBLE = [
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class PromptSRCConfig(ContextConfig, DeepConfig):
+    n_ctx_vision: int = 4  # vision prompt tokens per layer
+    # The self-regularisers' weights, as published.
+    text_weight: float = 25.0
+    image_weight: float = 10.0
+    kl_weight: float = 1.0
+    # Gaussian prompt aggregation over epochs, in epochs; gpa_mean None: 0.75 x epochs.
+    gpa_mean: float | None = None
+    gpa_std: float = 1.0
+
+
 class PromptSRC(ContextMethod):
     name = "promptsrc"
     needs_images = True
+    config_type = PromptSRCConfig
+    config: PromptSRCConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         super().__init__(backbone, classnames, template, params)
-        depth = check_depth(params, min(backbone.text_layers, backbone.vision_layers), self.name)
+        cfg = self.config
+        depth = check_depth(cfg, min(backbone.text_layers, backbone.vision_layers), self.name)
         dev = backbone.device
         if depth > 1:
             shape = (depth - 1, self.n_ctx, backbone.text_width)
-            self.prompt["text_deep"] = nn.Parameter(random_tokens(params, shape, 1).to(dev))
+            self.prompt["text_deep"] = nn.Parameter(
+                random_tokens(cfg.init_seed, shape, 1).to(dev))
         if depth:
-            shape = (depth, int(params.get("n_ctx_vision", 4)), backbone.vision_width)
-            self.prompt["vision"] = nn.Parameter(random_tokens(params, shape, 2).to(dev))
+            shape = (depth, int(cfg.n_ctx_vision), backbone.vision_width)
+            self.prompt["vision"] = nn.Parameter(
+                random_tokens(cfg.init_seed, shape, 2).to(dev))
         self._gpa: dict[str, torch.Tensor] = {}
 
     def set_classnames(self, classnames: list[str]) -> None:
@@ -74,19 +100,21 @@ class PromptSRC(ContextMethod):
         scale = self.backbone.logit_scale
         logits = scale * cosine(image, text)
         frozen_image = self.condition(inputs)
-        p = self.params
+        cfg = self.config
         # KL to the ensemble's zero-shot logits, averaged over classes as PromptSRC does
         ensemble = Anchor(F.log_softmax(scale * frozen_image @ self.frozen_text.T, -1),
-                          p.get("kl_weight", 1.0) / logits.shape[-1])
+                          cfg.kl_weight / logits.shape[-1])
         loss = (F.cross_entropy(logits, labels, reduction="none")
-                + p.get("text_weight", 25.0) * (text - self.frozen_text).abs().mean((-2, -1))
-                + p.get("image_weight", 10.0) * (image - frozen_image).abs().mean(-1)
+                + cfg.text_weight * (text - self.frozen_text).abs().mean((-2, -1))
+                + cfg.image_weight * (image - frozen_image).abs().mean(-1)
                 + ensemble.penalty(logits))
         return anchored(loss, logits, anchor)
 
     # --- Gaussian prompt aggregation over epochs ---------------------------------------------
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
-        mean, std = self.params.get("gpa_mean", 0.75 * epochs), self.params.get("gpa_std", 1.0)
+        cfg = self.config
+        mean = 0.75 * epochs if cfg.gpa_mean is None else cfg.gpa_mean
+        std = cfg.gpa_std
         weights = [math.exp(-0.5 * ((e + 1 - mean) / std) ** 2) for e in range(epochs)]
         w = weights[epoch] / sum(weights)
         for k, v in self.prompt.items():

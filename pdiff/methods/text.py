@@ -8,6 +8,7 @@ names and new-class evaluation rebuilds just these tables.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,24 +19,38 @@ from pdiff.backbone import Backbone
 from pdiff.budget import length_chunks
 from pdiff.data.templates import format_prompt
 from pdiff.errors import PdiffError
-from pdiff.methods.base import PromptMethod
+from pdiff.methods.base import MethodConfig, PromptMethod
 from pdiff.prefix_sharing import encode_suffixes, prefix_states, supports_prefix_sharing
 
 
-def init_phrase(params: dict) -> str | None:
-    init = params.get("init", "random")
-    return None if not init or init == "random" else str(init)
+@dataclass(frozen=True, kw_only=True)
+class ContextConfig(MethodConfig):
+    """The keys of the context-prompt family."""
+
+    n_ctx: int | None = None  # context tokens; None: the whole init phrase
+    init: str = "random"  # random, or a phrase whose token embeddings start the context
+
+    def __post_init__(self) -> None:
+        if self.phrase is None and self.n_ctx is None:
+            raise PdiffError("n_ctx is required with init: random; set it in the method's "
+                             "method_params block")
+
+    @property
+    def phrase(self) -> str | None:
+        """The init phrase, None for random tokens."""
+        return None if not self.init or self.init == "random" else str(self.init)
 
 
-def init_context(backbone: Backbone, params: dict) -> torch.Tensor:
+def init_context(backbone: Backbone, config: ContextConfig) -> torch.Tensor:
     """Initial context [M, W]: N(0, 0.02) noise (``init: random``, seeded by ``init_seed``) or
     the embeddings of the first M tokens of a phrase (``init: "a photo of a"``; without n_ctx,
     the whole phrase). As in MaPLe, a phrase longer than M keeps its remaining words fixed."""
-    phrase = init_phrase(params)
+    phrase = config.phrase
     if phrase is None:
-        return random_tokens(params, (int(params["n_ctx"]), backbone.text_width))
+        assert config.n_ctx is not None  # ContextConfig requires it with init: random
+        return random_tokens(config.init_seed, (int(config.n_ctx), backbone.text_width))
     tokens = backbone.tokenize([phrase])[0]
-    n_ctx = int(params.get("n_ctx") or int(tokens.argmax()) - 1)
+    n_ctx = int(config.n_ctx or int(tokens.argmax()) - 1)
     if n_ctx > int(tokens.argmax()) - 1:
         raise PdiffError(f"n_ctx {n_ctx} is longer than the init phrase '{phrase}'; use "
                          "init: random or a longer phrase")
@@ -43,9 +58,9 @@ def init_context(backbone: Backbone, params: dict) -> torch.Tensor:
         return backbone.token_embeddings(tokens[None])[0, 1 : 1 + n_ctx].clone()
 
 
-def random_tokens(params: dict, shape: tuple[int, ...], salt: int = 0) -> torch.Tensor:
+def random_tokens(seed: int, shape: tuple[int, ...], salt: int = 0) -> torch.Tensor:
     """Seeded N(0, 0.02) prompt tokens (CoOp's and VPT's initialisation)."""
-    gen = torch.Generator().manual_seed(int(params.get("init_seed", 0)) * 1000 + salt)
+    gen = torch.Generator().manual_seed(int(seed) * 1000 + salt)
     return torch.randn(*shape, generator=gen) * 0.02
 
 
@@ -147,13 +162,15 @@ class ContextMethod(PromptMethod):
     texts are rebuilt around it for any class names. Subclasses add deep or shared parts."""
 
     per_sample_texts = True
+    config_type = ContextConfig
+    config: ContextConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
-        ctx = init_context(backbone, params)
+        ctx = init_context(backbone, self.read_config(params))
         self.n_ctx = ctx.shape[0]
         super().__init__(backbone, classnames, template, params)
         self.prompt["ctx"] = nn.Parameter(ctx.to(backbone.device))
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
-        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx, init_phrase(self.params))
+        self.texts = ClassTexts(self.backbone, classnames, self.n_ctx, self.config.phrase)

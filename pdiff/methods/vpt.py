@@ -8,25 +8,36 @@ With depth 0 the encoder is untouched and the method is zero-shot CLIP.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from pdiff.backbone import Backbone
 from pdiff.data.templates import GENERIC_TEMPLATE
-from pdiff.methods.base import Inputs, PromptMethod, Prompts, check_depth
+from pdiff.methods.base import DeepConfig, Inputs, PromptMethod, Prompts, check_depth
 from pdiff.methods.text import random_tokens, template_features
+
+
+@dataclass(frozen=True, kw_only=True)
+class VPTConfig(DeepConfig):
+    n_ctx: int  # visual tokens per layer
 
 
 class VPT(PromptMethod):
     name = "vpt"
     needs_images = True
+    config_type = VPTConfig
+    config: VPTConfig
 
     def __init__(self, backbone: Backbone, classnames: list[str], template: str, params: dict):
         super().__init__(backbone, classnames, template, params)
-        depth = check_depth(params, backbone.vision_layers, self.name)
+        cfg = self.config
+        depth = check_depth(cfg, backbone.vision_layers, self.name)
         if depth:
-            shape = (depth, int(params["n_ctx"]), backbone.vision_width)
-            self.prompt["vision"] = nn.Parameter(random_tokens(params, shape).to(backbone.device))
+            shape = (depth, int(cfg.n_ctx), backbone.vision_width)
+            self.prompt["vision"] = nn.Parameter(
+                random_tokens(cfg.init_seed, shape).to(backbone.device))
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)

@@ -509,21 +509,26 @@ def compute_params():
 #
 #   prepare            data/synthetic.py                 the demo world's rendering, or for
 #                      the rehearsal world (world.kind rehearsal) data/rehearsal.py,
-#                      data/rehearsal_names.py and the layouts it writes (data/coop.py,
-#                      data/layouts.py): WORLD_MODULES
+#                      data/rehearsal_names.py and the layouts it writes (data/catalogue.py,
+#                      data/readers.py): WORLD_MODULES
 #   pretrain           pretrain.py, data/synthetic.py    the recipe and its caption/image draws
-#   check_data         check_data.py, data/coop.py, data/layouts.py
-#   fewshot            data/fewshot.py, data/coop.py, data/layouts.py   (readers decide the draw)
+#   check_data         check_data.py, data/catalogue.py, data/readers.py
+#   fewshot            data/fewshot.py, data/catalogue.py, data/readers.py (readers decide
+#                      the draw)
 #   train              train.py, the method's modules    its model and loss (method_modules)
 #   overfit            overfit.py, store.py
 #   fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
-#                      objective, normaliser, trainer; the sampler is used only by evaluation)
+#                      objective, normaliser, trainer, DiffusionConfig's defaults; the sampler
+#                      is used only by evaluation)
 #   evaluate_baseline  evaluate.py
 #   evaluate_diffusion evaluate.py, diffusion/sampler.py
 #   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
 #   report             report/
 #
-# Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py,
+# Each section's defaults live in its stage's modules (OverfitConfig in overfit.py, SamplingConfig
+# in diffusion/sampler.py, TrainConfig and the methods' in methods/), so they are fingerprinted
+# with it; config.py, which only reads and checks sections, is plumbing.
+# Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py, config.py,
 # resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, budget.py, data/images.py,
 # data/templates.py, the method registry methods/__init__.py). A change there would rerun the
 # whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
@@ -585,8 +590,8 @@ WORLD_MODULES = {
     "rehearsal": (
         "pdiff/data/rehearsal.py",
         "pdiff/data/rehearsal_names.py",
-        "pdiff/data/coop.py",
-        "pdiff/data/layouts.py",
+        "pdiff/data/catalogue.py",
+        "pdiff/data/readers.py",
     ),
 }
 

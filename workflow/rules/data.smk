@@ -46,7 +46,7 @@ rule check_data:
         runtime=10,
     params:
         code=code_fingerprint(
-            "pdiff/check_data.py", "pdiff/data/coop.py", "pdiff/data/layouts.py"
+            "pdiff/check_data.py", "pdiff/data/catalogue.py", "pdiff/data/readers.py"
         ),
         datasets=lambda wildcards: f"[{dataset_json(wildcards.dataset)}]",
         data_root=data_root,
@@ -73,7 +73,7 @@ rule fewshot:
         runtime=10,
     params:
         code=code_fingerprint(
-            "pdiff/data/fewshot.py", "pdiff/data/coop.py", "pdiff/data/layouts.py"
+            "pdiff/data/fewshot.py", "pdiff/data/catalogue.py", "pdiff/data/readers.py"
         ),
         dataset=lambda wildcards: dataset_json(wildcards.dataset),
         limit=limit_arg("train_images"),

@@ -26,6 +26,7 @@ rule fit_diffusion:
             "pdiff/fit_diffusion.py",
             "pdiff/sampled_softmax.py",
             "pdiff/diffusion/__init__.py",
+            "pdiff/diffusion/config.py",
             "pdiff/diffusion/dit.py",
             "pdiff/diffusion/normalise.py",
             "pdiff/diffusion/objective.py",

@@ -1,14 +1,8 @@
-"""Readers for datasets in the CoOp/Dassl on-disk layouts.
+"""The dataset catalogue: what a dataset is (:class:`DatasetSpec`), its on-disk formats, the
+15 CoOp benchmark datasets, and the labelled image (:class:`Datum`) every reader returns.
 
-The default format (``split_json``) is CoOp's split file, shared by nine of the benchmark
-datasets and by any user dataset laid out the same way::
-
-    <data_root>/<folder>/<split_file>             # {"train": [[impath, label, classname], ...],
-    <data_root>/<folder>/<image_dir>/<impath>     #  "val": [...], "test": [...]}
-
-ImageNet, FGVCAircraft and the four ImageNet variants have no split file; their readers live in
-:mod:`pdiff.data.layouts` and are chosen by the spec's ``format``. :func:`read_split` is the one
-entry point for all formats.
+The readers, one per format, live in :mod:`pdiff.data.readers`; this module knows nothing of
+them, so anything that only names datasets (config checks, the rehearsal world) imports no reader.
 
 Image paths stay relative to the dataset's image directory everywhere in pdiff (few-shot draws,
 caches, manifests), so outputs do not depend on where the data root is mounted.
@@ -16,23 +10,14 @@ caches, manifests), so outputs do not depend on where the data root is mounted.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pdiff.data.templates import (
-    GENERIC_TEMPLATE,
-    clean_classname,
-    template_for,
-    validate_template,
-)
+from pdiff.data.templates import GENERIC_TEMPLATE, template_for, validate_template
 from pdiff.errors import PdiffError
-
-log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -50,7 +35,9 @@ class Datum:
         return [self.impath, self.label, self.classname]
 
 
-#: On-disk formats: name -> what the reader expects under ``<data_root>/<folder>``.
+#: On-disk formats: name -> what its reader (:data:`pdiff.data.readers.READERS`) expects under
+#: ``<data_root>/<folder>``. The default, CoOp's split file, is shared by nine of the benchmark
+#: datasets and by any user dataset laid out the same way.
 FORMATS: dict[str, str] = {
     "split_json": "<split_file> (CoOp's split_zhou_*.json) and images under <image_dir>",
     "imagenet": "<classnames_file> ('wnid name' lines), <image_dir>/train/<wnid>/*, "
@@ -241,10 +228,6 @@ class DatasetSplits:
         return len(self.classnames)
 
 
-def _as_spec(spec: DatasetSpec | str | Mapping[str, Any]) -> DatasetSpec:
-    return spec if isinstance(spec, DatasetSpec) else DatasetSpec.from_dict(spec)
-
-
 def parse_entry(entry: Any) -> Datum | None:
     """Turn one ``[impath, label, classname]`` entry into a Datum, or None if malformed.
 
@@ -286,107 +269,3 @@ def parse_entries(items: Any, source: Path | str, where: str) -> list[Datum]:
     return out
 
 
-def classnames_from(data: list[Datum], source: Path | str) -> list[str]:
-    """Class names ordered by label; labels must be exactly 0..C-1 with one name each."""
-    names: dict[int, str] = {}
-    for d in data:
-        prev = names.setdefault(d.label, d.classname)
-        if prev != d.classname:
-            raise PdiffError(
-                f"{source}: label {d.label} has two class names, {prev!r} and {d.classname!r} "
-                f"(at {d.impath!r}); every label must map to one class name, fix the file"
-            )
-    labels = sorted(names)
-    if labels != list(range(len(labels))):
-        missing = sorted(set(range(max(labels, default=-1) + 1)) - set(labels))
-        raise PdiffError(
-            f"{source}: labels must be contiguous 0..C-1 but {missing[:10]} are missing "
-            f"(found {len(labels)} labels up to {max(labels, default=-1)}); relabel the file"
-        )
-    classnames = [names[i] for i in labels]
-    if len(set(classnames)) != len(classnames):
-        # Legal but suspicious: two labels would get identical prompts.
-        log.warning("%s: some labels share a class name; their prompts will be identical", source)
-    return classnames
-
-
-def cleaned(data: list[Datum], classnames: list[str]) -> list[Datum]:
-    """``data`` with each class name replaced by ``classnames[label]`` (same list if unchanged)."""
-    if all(d.classname == classnames[d.label] for d in data):
-        return data
-    return [Datum(d.impath, d.label, classnames[d.label]) for d in data]
-
-
-def read_split_json(root: Path, spec: DatasetSpec) -> tuple[list[Datum], ...]:
-    """CoOp's split file: train, val and test lists as written in ``<folder>/<split_file>``."""
-    path = spec.split_path(root)
-    if not path.is_file():
-        raise PdiffError(
-            f"split file {path} not found for dataset {spec.name!r}; check data.root and the "
-            "dataset's folder/split_file in the config, or run `pdiff check-data`"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PdiffError(
-            f"split file {path} is not readable JSON ({e}); restore or regenerate it"
-        ) from e
-    if not isinstance(raw, dict):
-        raise PdiffError(
-            f"split file {path} must hold a JSON object with keys {list(SPLITS)}; "
-            "restore or regenerate it"
-        )
-    missing = [s for s in SPLITS if s not in raw]
-    if missing:
-        raise PdiffError(
-            f"split file {path} lacks split(s) {missing}; it needs {list(SPLITS)}, "
-            "restore or regenerate it"
-        )
-    return tuple(parse_entries(raw[s], path, s) for s in SPLITS)
-
-
-def read_split(
-    data_root: str | os.PathLike,
-    spec: DatasetSpec | str | Mapping[str, Any],
-    *,
-    with_train: bool = True,
-) -> DatasetSplits:
-    """Read and validate one dataset in the format its spec names.
-
-    Class names are taken from all three splits, so a class missing from one split still gets
-    its name, and cleaned the way CoOp's trainers do before prompting (underscores to spaces:
-    CoOp's split files keep e.g. ``"apple_pie"`` and ``"Apply_Eye_Makeup"``). Test-only
-    datasets return empty train and val lists. ``with_train=False`` is for stages that need only
-    the class names and the test set: ImageNet's reader then leaves train empty instead of
-    listing 1.28M images (seconds to minutes per job on a network file system).
-    """
-    spec = _as_spec(spec)
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise PdiffError(
-            f"data root {root} does not exist; set data.root in the config (or --data-root) "
-            "to the folder holding the datasets, or run `pdiff check-data`"
-        )
-    if spec.format == "split_json":
-        train, val, test = read_split_json(root, spec)
-        source: Path = spec.split_path(root)
-    else:
-        # Local import: the folder-layout readers build on this module.
-        from pdiff.data.layouts import read_layout
-
-        train, val, test = read_layout(root, spec, with_train)
-        source = spec.dataset_dir(root)
-    raw_names = classnames_from(train + val + test, source)
-    classnames = [clean_classname(c) for c in raw_names]
-    if classnames != raw_names:
-        train, val, test = (cleaned(x, classnames) for x in (train, val, test))
-    log.info(
-        "read %s (%s): %d classes, train/val/test = %d/%d/%d",
-        source,
-        spec.format,
-        len(classnames),
-        len(train),
-        len(val),
-        len(test),
-    )
-    return DatasetSplits(spec=spec, train=train, val=val, test=test, classnames=classnames)
