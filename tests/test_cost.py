@@ -1,6 +1,7 @@
 """The cost model (pdiff/cost) and `pdiff plan-cost`: its jobs are the workflow's dry run, its
-counts follow the config and the published dataset sizes, it scales as it should, and
-throughput files round-trip.
+counts follow the config and the published dataset sizes, it scales as it should, throughput
+files round-trip, and the workflow's SLURM resources are the model's (ImageNet's jobs ask for
+more than EuroSAT's).
 
 The plans run `snakemake -n` into temporary folders; nothing here trains or measures a real
 backbone (the measurement test times the tiny demo model for a fraction of a second per unit).
@@ -8,6 +9,7 @@ backbone (the measurement test times the tiny demo model for a fraction of a sec
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import re
@@ -23,7 +25,7 @@ from pdiff.cost.model import (
     Throughputs,
     template_tokens,
 )
-from pdiff.cost.plan import load_config, plan_cost, token_counter
+from pdiff.cost.plan import cost_jobs, dry_run, load_config, parse_jobs, plan_cost, token_counter
 from pdiff.cost.workflow import ASSUMED_NAME_TOKENS, config_estimator
 from pdiff.errors import PdiffError
 from pdiff.methods import METHODS
@@ -33,8 +35,10 @@ from tests.test_workflow_static import (
     DEMO,
     REPO,
     SMOKE,
+    SNAKEMAKE,
     load,
     plan,
+    run,
     write_config,
 )
 
@@ -60,6 +64,42 @@ def test_plan_has_the_dry_runs_jobs_per_rule(tmp_path, configs):
     assert {r.rule: r.work.jobs for r in result.rules} == counts
     assert result.total.work.jobs == sum(counts.values())
     assert all(r.seconds > 0 for r in result.rules if r.rule in COMPUTE)
+
+
+def test_demo_keeps_its_threads(tmp_path):
+    """On a CPU (`gpu: 0`) every rule keeps its own threads: one for the small-model rules,
+    two for the image-reading features and overfitting."""
+    planned = parse_jobs(dry_run([DEMO], tmp_path))
+    threads = collections.defaultdict(set)
+    for p in planned:
+        if p.argv:
+            threads[p.rule].add(int(p.options()["threads"]))
+    for rule in ("train", "fit_diffusion", "evaluate_baseline", "evaluate_diffusion"):
+        assert threads[rule] == {1}, rule
+    for rule in ("features_test", "features_fewshot", "overfit"):
+        assert threads[rule] == {2}, rule
+
+
+@pytest.mark.parametrize("configs", [[SMOKE], [BENCHMARK]], ids=["smoke", "benchmark"])
+def test_workflow_resources_are_the_cost_models(tmp_path, configs):
+    """Every compute job's runtime and mem_mb, as the workflow gives them (common.smk builds the
+    job from its wildcards), equal the cost model's for the job plan-cost builds from the
+    planned command: both describe the same work."""
+    planned = parse_jobs(dry_run(configs, tmp_path))
+    cfg = load_config(configs)
+    estimator = config_estimator(cfg, tmp_path / cfg["results"] / "data" / "check")
+    checked = collections.Counter()
+    for p, job in zip(planned, cost_jobs(planned), strict=True):
+        if p.rule not in COMPUTE:
+            continue
+        resources = dict(p.resources)
+        threads = int(p.options()["threads"])
+        assert int(resources["runtime"]) == estimator.runtime(job, threads), p.argv
+        assert int(resources["mem_mb"]) == estimator.mem_mb(job, threads), p.argv
+        if cfg["gpu"]:
+            assert threads == estimator.threads(job), p.argv
+        checked[p.rule] += 1
+    assert set(checked) == set(COMPUTE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,3 +278,37 @@ def test_measure_only_writes_a_throughput_file(tmp_path, capsys):
     assert all(getattr(thr, k) > 0 for k in rates)
     assert thr.dit == {k: load(SMOKE)["diffusion"][k] for k in ("width", "depth", "heads")}
     assert "written to" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# The SLURM profile's resources
+# ---------------------------------------------------------------------------------------------
+
+
+def test_slurm_profile_sizes_each_job(tmp_path):
+    """The benchmark through the SLURM profile: a job's runtime and mem_mb grow with its dataset
+    (ImageNet's jobs ask for more than EuroSAT's), no rule has one value for every job."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    res = run([SNAKEMAKE, "-n", "--snakefile", REPO / "Snakefile", "--directory", tmp_path,
+               "--configfile", BENCHMARK, "--workflow-profile",
+               REPO / "workflow" / "profiles" / "slurm"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    asked: dict[tuple[str, str], list[tuple[int, int]]] = collections.defaultdict(list)
+    for block in re.split(r"\n(?=rule \w+:)", res.stdout + res.stderr):
+        m = re.match(r"rule (\w+):", block)
+        wildcards = re.search(r"^    wildcards: .*\bdataset=(\w+)", block, re.M)
+        resources = re.search(r"^    resources: (.*)$", block, re.M)
+        if m and wildcards and resources and m.group(1) in COMPUTE:
+            r = dict(kv.split("=", 1) for kv in resources.group(1).split(", "))
+            asked[m.group(1), wildcards.group(1)].append((int(r["runtime"]),
+                                                          int(r["mem_mb"])))
+    for rule in COMPUTE:
+        imagenet, eurosat = asked[rule, "ImageNet"], asked[rule, "EuroSAT"]
+        assert imagenet and eurosat, rule
+        assert max(r for r, _ in imagenet) >= max(r for r, _ in eurosat), rule
+        assert max(m for _, m in imagenet) >= max(m for _, m in eurosat), rule
+        if rule != "evaluate_zeroshot":  # a few class texts: the minimum runtime for both
+            assert max(r for r, _ in imagenet) > max(r for r, _ in eurosat), rule
+    for rule in ("features_test", "features_fewshot", "train", "overfit", "fit_diffusion"):
+        assert max(m for _, m in asked[rule, "ImageNet"]) > max(
+            m for _, m in asked[rule, "EuroSAT"]), rule
