@@ -229,7 +229,8 @@ class DatasetSize:
     test: int
     name_tokens: tuple[int, ...]
     template_tokens: int  # tokens of the template without the class name, [SOT]/[EOT] included
-    source: str  # where the numbers come from
+    source: str  # where the image counts come from
+    names_source: str  # where the class names (their token counts) come from
 
     @property
     def classes(self) -> int:

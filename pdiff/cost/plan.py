@@ -20,7 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ def threads_of(p: Planned) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def token_counter(model: str):
+def token_counter(model: str) -> Callable[[list[str]], list[int]]:
     """Token counts of texts (without [SOT]/[EOT]) by the backbone's own tokenizer."""
     import open_clip
 
@@ -242,7 +242,8 @@ def classnames(cfg: Mapping[str, Any], name: str) -> tuple[list[str], str, dict[
     return names, "assumed: the rehearsal world's, in the real ones' shape and length", {}
 
 
-def sized(cfg: Mapping[str, Any], name: str, count, check_dir: Path) -> DatasetSize:
+def sized(cfg: Mapping[str, Any], name: str, count: Callable[[list[str]], list[int]],
+          check_dir: Path) -> DatasetSize:
     """`config_size` with the real names' token counts where names are known (with names
     read from disk, their number of classes and split sizes too)."""
     from pdiff.data import DatasetSpec, clean_classname
@@ -257,8 +258,8 @@ def sized(cfg: Mapping[str, Any], name: str, count, check_dir: Path) -> DatasetS
     names, source, counts = classnames(cfg, name)
     if not names or (not counts and len(names) != base.classes):
         return base
-    return dataclasses.replace(base, name_tokens=tuple(count([clean_classname(n) for n in names])),
-                               source=f"{base.source.split(',')[0]}; names: {source}", **counts)
+    tokens = tuple(count([clean_classname(n) for n in names]))
+    return dataclasses.replace(base, name_tokens=tokens, names_source=source, **counts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,7 +377,8 @@ def format_plan(plan: Plan) -> str:
     table = [line(rows[0]), "  ".join("-" * w for w in widths),
              *(line(r) for r in rows[1:-1]), "  ".join("-" * w for w in widths), line(rows[-1])]
     sizes = [f"  {s.name}: {s.classes} classes, {s.test} test images, "
-             f"{sum(s.name_tokens) / max(s.classes, 1):.1f} tokens per class name ({s.source})"
+             f"{sum(s.name_tokens) / max(s.classes, 1):.1f} tokens per class name (sizes: "
+             f"{s.source}; names: {s.names_source})"
              for s in sorted(plan.sizes.values(), key=lambda s: s.name)]
     pairs = (f"at most {plan.max_pairs} (image, class) text pairs at once (compute.max_pairs)"
              if plan.max_pairs else "every (image, class) text pair of a step at once "

@@ -79,7 +79,7 @@ def config_size(cfg: Mapping[str, Any], name: str, check_dir: Path | None = None
         name=name, train=counts.get("train", 0), val=counts.get("val", 0),
         test=counts["test"], name_tokens=(ASSUMED_NAME_TOKENS,) * counts["classes"],
         template_tokens=template_tokens(entry.get("template", ASSUMED_TEMPLATE), count),
-        source=f"{source}, {ASSUMED_NAME_TOKENS} tokens per class name (assumed)",
+        source=source, names_source=f"assumed: {ASSUMED_NAME_TOKENS} tokens each",
     )
 
 
