@@ -173,6 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _common(p)
 
+    p = sub.add_parser("plan-cost", help="the work, hours and peak memory of every job a "
+                       "config plans, per rule, from measured (or given) throughputs")
+    p.add_argument("--configfile", nargs="+", type=Path, required=True,
+                   help="the config file(s) as given to snakemake, merged over config/config.yaml")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--throughputs", type=Path,
+                     help="a throughput file (plan-cost --measure-only --out) instead of "
+                          "measuring here")
+    how.add_argument("--assume", choices=["gpu", "cpu"],
+                     help="FLOP-count guesses for a device instead of measuring (an assumption)")
+    p.add_argument("--measure-only", action="store_true",
+                   help="only measure the throughputs of the config's backbone here")
+    p.add_argument("--out", type=Path, help="write the throughputs used to this JSON file")
+    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per unit")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    p.add_argument("--directory", type=Path, help="where the workflow runs (default: here)")
+    _common(p)
+
     p = sub.add_parser("report", help="tables and figures from evaluation JSON files")
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--diagnostics", nargs="*", default=[],
@@ -248,6 +266,14 @@ def run(args: argparse.Namespace) -> None:
                  args.out, prompt=args.prompt, dit=args.dit, store=args.store,
                  variant=args.variant, features=args.features, workers=workers,
                  max_images=args.max_images)
+    elif cmd == "plan-cost":
+        from pdiff.cost.plan import plan_cost_command
+
+        if args.measure_only and args.throughputs:
+            raise PdiffError("--measure-only measures; drop --throughputs")
+        print(plan_cost_command(args.configfile, args.throughputs, args.assume,
+                                args.measure_only, args.out, args.seconds, args.device,
+                                args.directory))
     elif cmd == "report":
         from pdiff.report import make_report
 

@@ -737,15 +737,17 @@ else:
 
 
 def _copy_sources(dest: Path) -> Path:
-    """The Snakefile, workflow/, config/, envs/ and pdiff's *.py files copied to `dest`: the code
-    fingerprints of the copy's rules hash the copy, which a test may edit. Returns the Snakefile."""
+    """The Snakefile, workflow/, config/, envs/ and pdiff's *.py files (and its model configs,
+    which the workflow's cost model reads) copied to `dest`: the code fingerprints of the copy's
+    rules hash the copy, which a test may edit. Returns the Snakefile."""
     dest.mkdir()
     shutil.copy2(REPO / "Snakefile", dest / "Snakefile")
     for folder in ("workflow", "config", "envs"):
         shutil.copytree(REPO / folder, dest / folder)
 
     def not_source(folder, names):
-        return [n for n in names if not (Path(folder, n).is_dir() or n.endswith(".py"))
+        return [n for n in names if not (Path(folder, n).is_dir() or n.endswith(".py")
+                                         or Path(folder).name == "model_configs")
                 or n == "__pycache__"]
 
     shutil.copytree(REPO / "pdiff", dest / "pdiff", ignore=not_source)

@@ -171,3 +171,19 @@ def ucf_names() -> list[str]:
 def eurosat_names() -> list[str]:
     """EuroSAT's folder names split into words ("SeaLake" -> "Sea Lake")."""
     return [re.sub(r"(?<=[a-z])(?=[A-Z])", " ", f) for f in EUROSAT_FOLDERS]
+
+
+def benchmark_classnames() -> dict[str, list[str]]:
+    """Every benchmark dataset's class names in the rehearsal world, in label order: ImageNet's
+    real ones (ImageNet-A and -R: the fixed 200-class choices), the others generated."""
+    imagenet = imagenet_classnames()
+    subset = {name: [imagenet[i] for i in imagenet_subset(offset)]
+              for name, offset in (("ImageNetA", IMAGENET_A_OFFSET),
+                                   ("ImageNetR", IMAGENET_R_OFFSET))}
+    return {
+        "ImageNet": imagenet, "ImageNetV2": imagenet, "ImageNetSketch": imagenet, **subset,
+        "Caltech101": caltech_names(), "OxfordPets": pet_names()[0],
+        "StanfordCars": car_names(), "OxfordFlowers": flower_names(),
+        "Food101": food_names(), "FGVCAircraft": aircraft_names(), "SUN397": sun_names(),
+        "DescribableTextures": dtd_names(), "EuroSAT": eurosat_names(), "UCF101": ucf_names(),
+    }

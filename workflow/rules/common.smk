@@ -18,6 +18,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from pdiff.cost import model as cost
+from pdiff.cost.workflow import config_estimator
+
 
 def yaml_safe_load(path):
     with open(path) as f:
@@ -614,8 +617,12 @@ def data_root(wildcards):
 # ---------------------------------------------------------------------------------------------
 
 
+# check_data's reports, which the cost model reads too
+CHECK_DIR = f"{RESULTS}/data/check"
+
+
 def check_path(name):
-    return f"{RESULTS}/data/check/{name}.json"
+    return f"{CHECK_DIR}/{name}.json"
 
 
 def dataset_input(name):
@@ -854,3 +861,82 @@ def report_outputs():
 
 def final_outputs():
     return [path for path, _, _ in report_files().values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources from the cost model (pdiff/cost/model.py, torch-free; DESIGN.md §9): each compute
+# job's runtime, mem_mb and, on a GPU, threads follow from its dataset (images, classes), method
+# and stage settings, with the `cost` key's margin. Throughputs come from `cost.throughputs`
+# (measured by `pdiff plan-cost --measure-only`), else from FLOP-count assumptions. The local
+# rules (data checks, draws, weights, report) keep fixed, small resources. On a CPU (`gpu: 0`)
+# threads stay the rules' own, sized for the 2-core demo.
+# ---------------------------------------------------------------------------------------------
+
+
+ESTIMATOR = config_estimator(config, Path(CHECK_DIR))
+
+
+def cost_job(name, wildcards):
+    """The cost model's description of one job of rule `name` (the config its params hold)."""
+    limit = config.get("limit", {})
+    common = dict(
+        shots=SHOTS,
+        eval_batch=config["evaluation"]["batch_size"],
+        max_train=limit.get("train_images"),
+        max_test=limit.get("test_images"),
+    )
+    if name == "features_test":
+        return cost.Job(name, dataset=wildcards.dataset, **common)
+    if name == "features_fewshot":
+        views = AUGMENT["views"] if AUGMENT else 0
+        return cost.Job(name, dataset=wildcards.dataset, views=views, **common)
+    if name == "evaluate_zeroshot":
+        sets = tuple(zeroshot_sets(wildcards.dataset))
+        return cost.Job(name, method="zeroshot", sets=sets, **common)
+    run = dict(
+        dataset=wildcards.dataset,
+        method=wildcards.method,
+        classes=wildcards.classes,
+        recipe=method_params(wildcards.method, wildcards.dataset, wildcards.classes),
+        **common,
+    )
+    if name == "train":
+        return cost.Job(name, augment=bool(AUGMENT), **run)
+    if name == "overfit":
+        stage = stage_config("overfit", wildcards.ov, wildcards.method)
+        return cost.Job(name, stage=stage, **run)
+    if name == "fit_diffusion":
+        stage = stage_config("diffusion", wildcards.dv, wildcards.method)
+        return cost.Job(name, stage=stage, **run)
+    sets = tuple(eval_sets(wildcards.dataset, wildcards.classes))
+    if name == "evaluate_baseline":
+        return cost.Job(name, sets=sets, **run)
+    sampling = stage_config("sampling", wildcards.sv, wildcards.method)
+    return cost.Job(name, sets=sets, sampling=sampling, **run)
+
+
+def job_threads(name, cpu):
+    """`cpu` threads on a CPU; on a GPU, one plus the loader workers the job needs."""
+
+    def threads(wildcards):
+        return ESTIMATOR.threads(cost_job(name, wildcards)) if GPU else cpu
+
+    return threads
+
+
+def job_runtime(name):
+    """Minutes to ask for (a retry asks for more)."""
+
+    def runtime(wildcards, threads, attempt):
+        return ESTIMATOR.runtime(cost_job(name, wildcards), threads, attempt)
+
+    return runtime
+
+
+def job_mem_mb(name):
+    """Host memory to ask for, in MB (a retry asks for more)."""
+
+    def mem_mb(wildcards, threads, attempt):
+        return ESTIMATOR.mem_mb(cost_job(name, wildcards), threads, attempt)
+
+    return mem_mb

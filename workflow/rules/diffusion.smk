@@ -16,10 +16,10 @@ rule fit_diffusion:
         f"{RESULTS}/benchmarks/fit_diffusion/{RUN}/{{ov}}/{{dv}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 1
+    threads: job_threads("fit_diffusion", cpu=1)
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=job_mem_mb("fit_diffusion"),
+        runtime=job_runtime("fit_diffusion"),
         gpu=GPU,
     params:
         code=code_fingerprint(

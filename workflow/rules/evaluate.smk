@@ -23,10 +23,10 @@ rule evaluate_baseline:
         f"{RESULTS}/benchmarks/evaluate_baseline/{RUN}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 1
+    threads: job_threads("evaluate_baseline", cpu=1)
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=job_mem_mb("evaluate_baseline"),
+        runtime=job_runtime("evaluate_baseline"),
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/evaluate.py"),
@@ -68,10 +68,10 @@ rule evaluate_diffusion:
         f"{RESULTS}/benchmarks/evaluate_diffusion/{RUN}/{{ov}}/{{dv}}/{{sv}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 1
+    threads: job_threads("evaluate_diffusion", cpu=1)
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=job_mem_mb("evaluate_diffusion"),
+        runtime=job_runtime("evaluate_diffusion"),
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/evaluate.py", "pdiff/diffusion/sampler.py"),
@@ -122,10 +122,10 @@ rule evaluate_zeroshot:
         f"{RESULTS}/benchmarks/evaluate_zeroshot/{{dataset}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 1
+    threads: job_threads("evaluate_zeroshot", cpu=1)
     resources:
-        mem_mb=3000,
-        runtime=30,
+        mem_mb=job_mem_mb("evaluate_zeroshot"),
+        runtime=job_runtime("evaluate_zeroshot"),
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/evaluate.py", *method_modules("zeroshot")),

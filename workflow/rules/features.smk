@@ -15,10 +15,10 @@ rule features_test:
         f"{RESULTS}/benchmarks/features/{{dataset}}/test.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 2
+    threads: job_threads("features_test", cpu=2)
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=job_mem_mb("features_test"),
+        runtime=job_runtime("features_test"),
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/features.py"),
@@ -45,10 +45,10 @@ rule features_fewshot:
         f"{RESULTS}/benchmarks/features/{{dataset}}/shots{SHOTS}_seed{{seed}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 2
+    threads: job_threads("features_fewshot", cpu=2)
     resources:
-        mem_mb=3000,
-        runtime=60,
+        mem_mb=job_mem_mb("features_fewshot"),
+        runtime=job_runtime("features_fewshot"),
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/features.py"),

@@ -16,10 +16,10 @@ rule overfit:
         f"{RESULTS}/benchmarks/overfit/{RUN}/{{ov}}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 2
+    threads: job_threads("overfit", cpu=2)
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=job_mem_mb("overfit"),
+        runtime=job_runtime("overfit"),
         gpu=GPU,
     params:
         code=code_fingerprint("pdiff/overfit.py", "pdiff/store.py"),

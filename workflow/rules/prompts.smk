@@ -16,10 +16,10 @@ rule train:
         f"{RESULTS}/benchmarks/train/{RUN}.tsv"
     conda:
         "../../envs/pdiff.yaml"
-    threads: 1
+    threads: job_threads("train", cpu=1)
     resources:
-        mem_mb=4000,
-        runtime=120,
+        mem_mb=job_mem_mb("train"),
+        runtime=job_runtime("train"),
         gpu=GPU,
     params:
         code=train_fingerprint,
