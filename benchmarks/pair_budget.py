@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from _common import check_same, interleaved, random_backbone, setup, table
-from torch.profiler import ProfilerActivity, profile
 
 import pdiff.overfit
-from pdiff.budget import DEFAULT_MAX_PAIRS
+from pdiff.budget import DEFAULT_MAX_PAIRS, allocator_peak
 from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.methods import Inputs, get_method
 from pdiff.methods.text import ClassTexts
@@ -53,17 +52,9 @@ MIB, GIB = 2**20, 2**30
 
 def profiled(fn: Callable[[], object]) -> tuple[object, int, float]:
     """fn's result, its allocator peak in bytes (above the start) and its seconds."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        t0 = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - t0
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    now = peak = 0
-    for _, n in events:
-        now += n
-        peak = max(peak, now)
-    return out, peak, seconds
+    t0 = time.perf_counter()
+    out, peak = allocator_peak(fn)
+    return out, peak, time.perf_counter() - t0
 
 
 def rule_estimates(cfg: dict, per_pair_grad: float, per_pair_eval: float, weights: int,

@@ -17,7 +17,7 @@ costs 0.16 MiB at its peak.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -50,3 +50,19 @@ def length_chunks(lengths: torch.Tensor, limit: int) -> Iterator[tuple[int, torc
     for value, group in zip(values.tolist(), order.split(counts.tolist()), strict=True):
         for chunk in group.split(limit):
             yield int(value), chunk
+
+
+def allocator_peak(fn: Callable[[], object]) -> tuple[object, int]:
+    """`fn`'s result and its allocator peak in bytes above the start, from the torch
+    profiler's memory events (the measure behind `compute.max_pairs`' default)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    now = peak = 0
+    for _, n in events:
+        now += n
+        peak = max(peak, now)
+    return out, peak

@@ -9,9 +9,8 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
-from pdiff.budget import DEFAULT_MAX_PAIRS, length_chunks, max_pairs, stage_params
+from pdiff.budget import DEFAULT_MAX_PAIRS, allocator_peak, length_chunks, max_pairs, stage_params
 from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.errors import PdiffError
 from pdiff.methods import Inputs, get_method
@@ -57,16 +56,8 @@ def per_sample(method, b, seed=1):
 
 
 def peak_bytes(fn) -> int:
-    """Allocator peak of `fn` above its start, from the torch profiler's memory events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    now = peak = 0
-    for _, n in events:
-        now += n
-        peak = max(peak, now)
-    return peak
+    """Allocator peak of `fn` above its start (the torch profiler's memory events)."""
+    return allocator_peak(fn)[1]
 
 
 def test_max_pairs_comes_from_the_compute_params():
