@@ -120,6 +120,9 @@ def slurm_smoke(cluster, tmp_path_factory) -> dict:
         "--directory", str(workdir), "--configfile", str(smoke_config(workdir)),
         "--workflow-profile", str(PROFILE), "--executor", "slurm",
         "--config", "gpu=1",
+        # GPU jobs ask for loader threads (the cost model); the test node has 2 CPUs, and a
+        # cluster caps threads at its nodes' the same way
+        "--max-threads", "2",
         # No accounting on the test cluster: poll with squeue (as the profile's comment says),
         # and early, so that second-long jobs do not wait 40 s for their first status check.
         "--slurm-status-command", "squeue",
