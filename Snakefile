@@ -7,17 +7,13 @@
 #
 # Every rule calls one `pdiff` subcommand; stages live in workflow/rules/, one file each.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
+# Validated against workflow/schemas/config.schema.yaml and checked by common.smk (pdiff/plan/).
 configfile: "config/config.yaml"
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
-# A protocol set to null is switched off (overlays cannot delete keys of the config they extend).
-config["protocols"] = {k: v for k, v in config["protocols"].items() if v is not None}
 
 
 report: "workflow/report/workflow.rst"
@@ -35,7 +31,7 @@ localrules:
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        TARGETS.final_outputs(),
 
 
 include: "workflow/rules/data.smk"

@@ -6,16 +6,16 @@
 # Pretraining reads only the world's label space and image size (PRETRAIN_WORLD_KEYS), not the
 # downstream datasets, so it neither waits for `prepare` nor reruns when e.g. the cast changes.
 
-if PRETRAIN:
+if PLAN.pretrain:
 
     rule pretrain:
         output:
-            model=f"{RESULTS}/backbone/{{model}}.safetensors",
-            metrics=f"{RESULTS}/backbone/{{model}}.json",
+            model=PATHS.backbone(),
+            metrics=PATHS.backbone(ext="json"),
         log:
-            f"{RESULTS}/logs/pretrain/{{model}}.log",
+            PATHS.log("pretrain", "{model}"),
         benchmark:
-            f"{RESULTS}/benchmarks/pretrain/{{model}}.tsv"
+            PATHS.benchmark("pretrain", "{model}")
         conda:
             "../../envs/pdiff.yaml"
         threads: 2
@@ -24,24 +24,24 @@ if PRETRAIN:
             runtime=180,
             gpu=GPU,
         params:
-            code=code_fingerprint("pdiff/pretrain.py", "pdiff/data/synthetic.py"),
+            code=PLAN.code.rule("pretrain"),
             pretrain=to_json(config["backbone"]["pretrain"]),
-            world=to_json({k: config["world"][k] for k in PRETRAIN_WORLD_KEYS}),
+            world=PLAN.pretrain_world_json(),
         shell:
             "pdiff pretrain --params {params.pretrain:q} --world {params.world:q}"
             " --model {wildcards.model:q} --out {output.model:q}"
             " --metrics {output.metrics:q} --threads {threads} > {log:q} 2>&1"
 
 
-if IS_TAG:
+if PATHS.weights:
 
     rule fetch_weights:
         output:
-            WEIGHTS_FILE,
+            PATHS.weights,
         log:
-            f"{RESULTS}/logs/fetch_weights/{MODEL}.log",
+            PATHS.log("fetch_weights", PATHS.model),
         benchmark:
-            f"{RESULTS}/benchmarks/fetch_weights/{MODEL}.tsv"
+            PATHS.benchmark("fetch_weights", PATHS.model)
         localrule: True
         conda:
             "../../envs/pdiff.yaml"
@@ -50,8 +50,8 @@ if IS_TAG:
             mem_mb=4000,
             runtime=60,
         params:
-            model=MODEL,
-            pretrained=PRETRAINED,
+            model=PATHS.model,
+            pretrained=PLAN.pretrained,
             cache_dir=config["backbone"]["weights_dir"],
         shell:
             "pdiff fetch-weights --model {params.model:q} --pretrained {params.pretrained:q}"

@@ -3,15 +3,15 @@
 # (run first: a missing dataset, split file or image fails in seconds, naming the file) and the
 # CoOp few-shot draws. Every job that reads a dataset depends on its check.
 
-if SYNTHETIC:
+if PLAN.synthetic:
 
     rule prepare:
         output:
-            manifest=MANIFEST,
+            manifest=PATHS.manifest,
         log:
-            f"{RESULTS}/logs/prepare/world.log",
+            PATHS.log("prepare", "world"),
         benchmark:
-            f"{RESULTS}/benchmarks/prepare/world.tsv"
+            PATHS.benchmark("prepare", "world")
         localrule: True
         conda:
             "../../envs/pdiff.yaml"
@@ -20,8 +20,8 @@ if SYNTHETIC:
             mem_mb=2000,
             runtime=30,
         params:
-            code=world_fingerprint(),
-            world=world_json(),
+            code=PLAN.world_code(),
+            world=PLAN.world_json(),
             data_root=data_root,
         shell:
             "pdiff prepare --params {params.world:q} --data-root {params.data_root:q}"
@@ -30,13 +30,13 @@ if SYNTHETIC:
 
 rule check_data:
     input:
-        MANIFEST if SYNTHETIC else [],
+        PATHS.manifest if PLAN.synthetic else [],
     output:
-        check_path("{dataset}"),
+        PATHS.check(),
     log:
-        f"{RESULTS}/logs/check_data/{{dataset}}.log",
+        PATHS.log("check_data", "{dataset}"),
     benchmark:
-        f"{RESULTS}/benchmarks/check_data/{{dataset}}.tsv"
+        PATHS.benchmark("check_data", "{dataset}")
     localrule: True
     conda:
         "../../envs/pdiff.yaml"
@@ -45,10 +45,8 @@ rule check_data:
         mem_mb=1000,
         runtime=10,
     params:
-        code=code_fingerprint(
-            "pdiff/check_data.py", "pdiff/data/catalogue.py", "pdiff/data/readers.py"
-        ),
-        datasets=lambda wildcards: f"[{dataset_json(wildcards.dataset)}]",
+        code=PLAN.code.rule("check_data"),
+        datasets=lambda wildcards: f"[{dataset_json(wildcards)}]",
         data_root=data_root,
     shell:
         "pdiff check-data --data-root {params.data_root:q} --datasets {params.datasets:q}"
@@ -57,13 +55,13 @@ rule check_data:
 
 rule fewshot:
     input:
-        data=lambda wildcards: dataset_input(wildcards.dataset),
+        data=dataset_input,
     output:
-        f"{RESULTS}/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.json",
+        PATHS.fewshot(shots="{shots}"),
     log:
-        f"{RESULTS}/logs/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.log",
+        PATHS.log("fewshot", PATHS.draw(shots="{shots}")),
     benchmark:
-        f"{RESULTS}/benchmarks/fewshot/{{dataset}}/shots{{shots}}_seed{{seed}}.tsv"
+        PATHS.benchmark("fewshot", PATHS.draw(shots="{shots}"))
     localrule: True
     conda:
         "../../envs/pdiff.yaml"
@@ -72,11 +70,9 @@ rule fewshot:
         mem_mb=1000,
         runtime=10,
     params:
-        code=code_fingerprint(
-            "pdiff/data/fewshot.py", "pdiff/data/catalogue.py", "pdiff/data/readers.py"
-        ),
-        dataset=lambda wildcards: dataset_json(wildcards.dataset),
-        limit=limit_arg("train_images"),
+        code=PLAN.code.rule("fewshot"),
+        dataset=dataset_json,
+        limit=PLAN.limit_arg("train_images"),
         data_root=data_root,
     shell:
         "pdiff fewshot --data-root {params.data_root:q} --dataset {params.dataset:q}"

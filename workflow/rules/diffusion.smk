@@ -5,40 +5,26 @@
 rule fit_diffusion:
     input:
         unpack(backbone_input),
-        prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        store=STORE,
+        prompt=PATHS.prompt(),
+        store=PATHS.store(),
     output:
-        dit=DIT,
-        diagnostics=DIT.replace(".safetensors", ".json"),
+        dit=PATHS.dit(),
+        diagnostics=PATHS.dit(ext="json"),
     log:
-        f"{RESULTS}/logs/fit_diffusion/{RUN}/{{ov}}/{{dv}}.log",
+        PATHS.log("fit_diffusion", f"{RUN}/{{ov}}/{{dv}}"),
     benchmark:
-        f"{RESULTS}/benchmarks/fit_diffusion/{RUN}/{{ov}}/{{dv}}.tsv"
+        PATHS.benchmark("fit_diffusion", f"{RUN}/{{ov}}/{{dv}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("fit_diffusion", cpu=1)
+    threads: PLAN.threads("fit_diffusion", cpu=1)
     resources:
-        mem_mb=job_mem_mb("fit_diffusion"),
-        runtime=job_runtime("fit_diffusion"),
+        mem_mb=PLAN.mem_mb("fit_diffusion"),
+        runtime=PLAN.runtime("fit_diffusion"),
         gpu=GPU,
     params:
-        code=code_fingerprint(
-            "pdiff/fit_diffusion.py",
-            "pdiff/sampled_softmax.py",
-            "pdiff/diffusion/__init__.py",
-            "pdiff/diffusion/config.py",
-            "pdiff/diffusion/dit.py",
-            "pdiff/diffusion/normalise.py",
-            "pdiff/diffusion/objective.py",
-            "pdiff/diffusion/train.py",
-        ),
-        diffusion=lambda wildcards: to_json(
-            {
-                **stage_config("diffusion", wildcards.dv, wildcards.method),
-                **compute_params(),
-            }
-        ),
-        backbone=backbone_json(),
+        code=PLAN.code.rule("fit_diffusion"),
+        diffusion=stage_json("diffusion", "dv"),
+        backbone=PLAN.backbone_json(),
     shell:
         "pdiff fit-diffusion --prompt {input.prompt:q} --store {input.store:q}"
         " --backbone {params.backbone:q} --params {params.diffusion:q} --seed {wildcards.seed}"

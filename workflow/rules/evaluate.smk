@@ -8,37 +8,29 @@
 rule evaluate_baseline:
     input:
         unpack(backbone_input),
-        prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        data=lambda wildcards: sets_input(
-            eval_sets(wildcards.dataset, wildcards.classes)
-        ),
-        features=lambda wildcards: test_features(
-            eval_sets(wildcards.dataset, wildcards.classes)
-        ).values(),
+        prompt=PATHS.prompt(),
+        data=sets_data(run_sets),
+        features=sets_features(run_sets),
     output:
-        f"{RESULTS}/runs/{RUN}/eval/baseline.json",
+        PATHS.evaluation(mode="baseline"),
     log:
-        f"{RESULTS}/logs/evaluate_baseline/{RUN}.log",
+        PATHS.log("evaluate_baseline", RUN),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_baseline/{RUN}.tsv"
+        PATHS.benchmark("evaluate_baseline", RUN)
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("evaluate_baseline", cpu=1)
+    threads: PLAN.threads("evaluate_baseline", cpu=1)
     resources:
-        mem_mb=job_mem_mb("evaluate_baseline"),
-        runtime=job_runtime("evaluate_baseline"),
+        mem_mb=PLAN.mem_mb("evaluate_baseline"),
+        runtime=PLAN.runtime("evaluate_baseline"),
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/evaluate.py"),
-        evaluation=to_json({"evaluation": config["evaluation"], **compute_params()}),
-        backbone=backbone_json(),
-        sets=lambda wildcards: sets_json(
-            eval_sets(wildcards.dataset, wildcards.classes)
-        ),
-        features=lambda wildcards: to_json(
-            test_features(eval_sets(wildcards.dataset, wildcards.classes))
-        ),
-        limit=limit_arg("test_images"),
+        code=PLAN.code.rule("evaluate_baseline"),
+        evaluation=PLAN.evaluation_json(),
+        backbone=PLAN.backbone_json(),
+        sets=sets_json(run_sets),
+        features=features_json(run_sets),
+        limit=PLAN.limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode baseline --prompt {input.prompt:q}"
@@ -51,36 +43,28 @@ rule evaluate_baseline:
 rule evaluate_diffusion:
     input:
         unpack(backbone_input),
-        prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        dit=DIT,
-        store=STORE,
-        data=lambda wildcards: sets_input(
-            eval_sets(wildcards.dataset, wildcards.classes)
-        ),
-        features=lambda wildcards: test_features(
-            eval_sets(wildcards.dataset, wildcards.classes)
-        ).values(),
+        prompt=PATHS.prompt(),
+        dit=PATHS.dit(),
+        store=PATHS.store(),
+        data=sets_data(run_sets),
+        features=sets_features(run_sets),
     output:
-        f"{RESULTS}/runs/{RUN}/eval/diffusion/{{ov}}/{{dv}}/{{sv}}.json",
+        PATHS.evaluation(mode="diffusion"),
     log:
-        f"{RESULTS}/logs/evaluate_diffusion/{RUN}/{{ov}}/{{dv}}/{{sv}}.log",
+        PATHS.log("evaluate_diffusion", f"{RUN}/{{ov}}/{{dv}}/{{sv}}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_diffusion/{RUN}/{{ov}}/{{dv}}/{{sv}}.tsv"
+        PATHS.benchmark("evaluate_diffusion", f"{RUN}/{{ov}}/{{dv}}/{{sv}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("evaluate_diffusion", cpu=1)
+    threads: PLAN.threads("evaluate_diffusion", cpu=1)
     resources:
-        mem_mb=job_mem_mb("evaluate_diffusion"),
-        runtime=job_runtime("evaluate_diffusion"),
+        mem_mb=PLAN.mem_mb("evaluate_diffusion"),
+        runtime=PLAN.runtime("evaluate_diffusion"),
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/evaluate.py", "pdiff/diffusion/sampler.py"),
-        evaluation=lambda wildcards: to_json(
-            {
-                "evaluation": config["evaluation"],
-                "sampling": stage_config("sampling", wildcards.sv, wildcards.method),
-                **compute_params(),
-            }
+        code=PLAN.code.rule("evaluate_diffusion"),
+        evaluation=lambda wildcards: PLAN.evaluation_json(
+            PLAN.settings.stage_config("sampling", wildcards.sv, wildcards.method)
         ),
         variant=lambda wildcards: to_json(
             {
@@ -89,14 +73,10 @@ rule evaluate_diffusion:
                 "sampling": wildcards.sv,
             }
         ),
-        backbone=backbone_json(),
-        sets=lambda wildcards: sets_json(
-            eval_sets(wildcards.dataset, wildcards.classes)
-        ),
-        features=lambda wildcards: to_json(
-            test_features(eval_sets(wildcards.dataset, wildcards.classes))
-        ),
-        limit=limit_arg("test_images"),
+        backbone=PLAN.backbone_json(),
+        sets=sets_json(run_sets),
+        features=features_json(run_sets),
+        limit=PLAN.limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode diffusion --prompt {input.prompt:q} --dit {input.dit:q}"
@@ -110,32 +90,28 @@ rule evaluate_diffusion:
 rule evaluate_zeroshot:
     input:
         unpack(backbone_input),
-        data=lambda wildcards: sets_input(zeroshot_sets(wildcards.dataset)),
-        features=lambda wildcards: test_features(
-            zeroshot_sets(wildcards.dataset)
-        ).values(),
+        data=sets_data(zeroshot_sets),
+        features=sets_features(zeroshot_sets),
     output:
-        f"{RESULTS}/zeroshot/{{dataset}}.json",
+        PATHS.zeroshot(),
     log:
-        f"{RESULTS}/logs/evaluate_zeroshot/{{dataset}}.log",
+        PATHS.log("evaluate_zeroshot", "{dataset}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate_zeroshot/{{dataset}}.tsv"
+        PATHS.benchmark("evaluate_zeroshot", "{dataset}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("evaluate_zeroshot", cpu=1)
+    threads: PLAN.threads("evaluate_zeroshot", cpu=1)
     resources:
-        mem_mb=job_mem_mb("evaluate_zeroshot"),
-        runtime=job_runtime("evaluate_zeroshot"),
+        mem_mb=PLAN.mem_mb("evaluate_zeroshot"),
+        runtime=PLAN.runtime("evaluate_zeroshot"),
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/evaluate.py", *method_modules("zeroshot")),
-        evaluation=to_json({"evaluation": config["evaluation"], **compute_params()}),
-        backbone=backbone_json(),
-        sets=lambda wildcards: sets_json(zeroshot_sets(wildcards.dataset)),
-        features=lambda wildcards: to_json(
-            test_features(zeroshot_sets(wildcards.dataset))
-        ),
-        limit=limit_arg("test_images"),
+        code=PLAN.code.rule("evaluate_zeroshot"),
+        evaluation=PLAN.evaluation_json(),
+        backbone=PLAN.backbone_json(),
+        sets=sets_json(zeroshot_sets),
+        features=features_json(zeroshot_sets),
+        limit=PLAN.limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff evaluate --mode zeroshot --backbone {params.backbone:q}"

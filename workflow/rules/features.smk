@@ -6,25 +6,25 @@
 rule features_test:
     input:
         unpack(backbone_input),
-        data=lambda wildcards: dataset_input(wildcards.dataset),
+        data=dataset_input,
     output:
-        TEST_FEATURES,
+        PATHS.test_features(),
     log:
-        f"{RESULTS}/logs/features/{{dataset}}/test.log",
+        PATHS.log("features", "{dataset}/test"),
     benchmark:
-        f"{RESULTS}/benchmarks/features/{{dataset}}/test.tsv"
+        PATHS.benchmark("features", "{dataset}/test")
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("features_test", cpu=2)
+    threads: PLAN.threads("features_test", cpu=2)
     resources:
-        mem_mb=job_mem_mb("features_test"),
-        runtime=job_runtime("features_test"),
+        mem_mb=PLAN.mem_mb("features_test"),
+        runtime=PLAN.runtime("features_test"),
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/features.py"),
-        backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.dataset),
-        limit=limit_arg("test_images"),
+        code=PLAN.code.rule("features"),
+        backbone=PLAN.backbone_json(),
+        dataset=dataset_json,
+        limit=PLAN.limit_arg("test_images"),
         data_root=data_root,
     shell:
         "pdiff features --backbone {params.backbone:q} --data-root {params.data_root:q}"
@@ -35,26 +35,26 @@ rule features_test:
 rule features_fewshot:
     input:
         unpack(backbone_input),
-        fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
-        data=lambda wildcards: dataset_input(wildcards.dataset),
+        fewshot=PATHS.fewshot(),
+        data=dataset_input,
     output:
-        FEWSHOT_FEATURES,
+        PATHS.fewshot_features(),
     log:
-        f"{RESULTS}/logs/features/{{dataset}}/shots{SHOTS}_seed{{seed}}.log",
+        PATHS.log("features", PATHS.draw()),
     benchmark:
-        f"{RESULTS}/benchmarks/features/{{dataset}}/shots{SHOTS}_seed{{seed}}.tsv"
+        PATHS.benchmark("features", PATHS.draw())
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("features_fewshot", cpu=2)
+    threads: PLAN.threads("features_fewshot", cpu=2)
     resources:
-        mem_mb=job_mem_mb("features_fewshot"),
-        runtime=job_runtime("features_fewshot"),
+        mem_mb=PLAN.mem_mb("features_fewshot"),
+        runtime=PLAN.runtime("features_fewshot"),
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/features.py"),
-        backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.dataset),
-        augment=augment_arg(),
+        code=PLAN.code.rule("features"),
+        backbone=PLAN.backbone_json(),
+        dataset=dataset_json,
+        augment=PLAN.augment_arg(),
         data_root=data_root,
     shell:
         "pdiff features --backbone {params.backbone:q} --data-root {params.data_root:q}"

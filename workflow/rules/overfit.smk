@@ -5,32 +5,27 @@
 rule overfit:
     input:
         unpack(backbone_input),
-        prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
-        fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
-        features=FEWSHOT_FEATURES,
+        prompt=PATHS.prompt(),
+        fewshot=PATHS.fewshot(),
+        features=PATHS.fewshot_features(),
     output:
-        store=STORE,
+        store=PATHS.store(),
     log:
-        f"{RESULTS}/logs/overfit/{RUN}/{{ov}}.log",
+        PATHS.log("overfit", f"{RUN}/{{ov}}"),
     benchmark:
-        f"{RESULTS}/benchmarks/overfit/{RUN}/{{ov}}.tsv"
+        PATHS.benchmark("overfit", f"{RUN}/{{ov}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("overfit", cpu=2)
+    threads: PLAN.threads("overfit", cpu=2)
     resources:
-        mem_mb=job_mem_mb("overfit"),
-        runtime=job_runtime("overfit"),
+        mem_mb=PLAN.mem_mb("overfit"),
+        runtime=PLAN.runtime("overfit"),
         gpu=GPU,
     params:
-        code=code_fingerprint("pdiff/overfit.py", "pdiff/store.py"),
-        overfit=lambda wildcards: to_json(
-            {
-                **stage_config("overfit", wildcards.ov, wildcards.method),
-                **compute_params(),
-            }
-        ),
-        backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.dataset),
+        code=PLAN.code.rule("overfit"),
+        overfit=stage_json("overfit", "ov"),
+        backbone=PLAN.backbone_json(),
+        dataset=dataset_json,
         data_root=data_root,
     shell:
         "pdiff overfit --prompt {input.prompt:q} --backbone {params.backbone:q}"

@@ -6,29 +6,29 @@
 rule train:
     input:
         unpack(backbone_input),
-        fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
-        features=FEWSHOT_FEATURES,
+        fewshot=PATHS.fewshot(),
+        features=PATHS.fewshot_features(),
     output:
-        prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
+        prompt=PATHS.prompt(),
     log:
-        f"{RESULTS}/logs/train/{RUN}.log",
+        PATHS.log("train", RUN),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{RUN}.tsv"
+        PATHS.benchmark("train", RUN)
     conda:
         "../../envs/pdiff.yaml"
-    threads: job_threads("train", cpu=1)
+    threads: PLAN.threads("train", cpu=1)
     resources:
-        mem_mb=job_mem_mb("train"),
-        runtime=job_runtime("train"),
+        mem_mb=PLAN.mem_mb("train"),
+        runtime=PLAN.runtime("train"),
         gpu=GPU,
     params:
-        code=train_fingerprint,
-        method=lambda wildcards: method_json(
+        code=train_code,
+        method=lambda wildcards: PLAN.method_json(
             wildcards.method, wildcards.dataset, wildcards.classes
         ),
-        backbone=backbone_json(),
-        dataset=lambda wildcards: dataset_json(wildcards.dataset),
-        augment=augment_arg(),
+        backbone=PLAN.backbone_json(),
+        dataset=dataset_json,
+        augment=PLAN.augment_arg(),
         data_root=data_root,
     shell:
         "pdiff train --method {wildcards.method} --params {params.method:q}"

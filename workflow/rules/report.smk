@@ -4,14 +4,14 @@
 
 rule report:
     input:
-        evaluations=report_inputs(),
-        diagnostics=diagnostics_inputs(),
+        evaluations=TARGETS.report_inputs(),
+        diagnostics=TARGETS.diagnostics_inputs(),
     output:
         **report_outputs(),
     log:
-        f"{RESULTS}/logs/report/report.log",
+        PATHS.log("report", "report"),
     benchmark:
-        f"{RESULTS}/benchmarks/report/report.tsv"
+        PATHS.benchmark("report", "report")
     localrule: True
     conda:
         "../../envs/pdiff.yaml"
@@ -20,8 +20,8 @@ rule report:
         mem_mb=2000,
         runtime=10,
     params:
-        code=code_fingerprint("pdiff/report"),
-        report=to_json(report_params()),
+        code=PLAN.code.rule("report"),
+        report=to_json(TARGETS.report_params()),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
         "pdiff report --inputs {input.evaluations:q}"
