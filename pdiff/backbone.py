@@ -26,15 +26,14 @@ from torchvision.transforms import RandomHorizontalFlip
 
 from pdiff.budget import DEFAULT_MAX_PAIRS, length_chunks
 from pdiff.errors import PdiffError
+from pdiff.plan.names import RANDOM, SHIPPED
 
 log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
 ASSET_DIR = PACKAGE_DIR / "assets"
-SHIPPED = "shipped"
 CROP_SCALE = (0.08, 1.0)  # Dassl's random_resized_crop scale, used by every host's recipe
-RANDOM = "random"
 RANDOM_SEED = 0
 
 

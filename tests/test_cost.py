@@ -25,11 +25,12 @@ from pdiff.cost.model import (
     Throughputs,
     template_tokens,
 )
-from pdiff.cost.plan import cost_jobs, dry_run, load_config, parse_jobs, plan_cost, token_counter
+from pdiff.cost.plan import cost_jobs, dry_run, parse_jobs, plan_cost, token_counter
 from pdiff.cost.workflow import ASSUMED_NAME_TOKENS, config_estimator
 from pdiff.errors import PdiffError
 from pdiff.methods import METHODS
 from pdiff.methods.text import ClassTexts, ContextMethod
+from pdiff.plan import load_config
 from tests.test_workflow_static import (
     BENCHMARK,
     DEMO,

@@ -7,6 +7,8 @@ dependencies, optional tools) and runs after every module has loaded.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pdiff
@@ -82,3 +84,12 @@ def test_graph_sees_the_package():
 def test_no_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_workflow_plan_is_torch_free():
+    """The workflow and the report import pdiff.plan before any job runs: it must not load
+    torch (seconds per Snakemake start, and a login node may not have it)."""
+    code = "import sys, pdiff.plan; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pdiff.backbone import RANDOM, Backbone, load_backbone
+from pdiff.backbone import Backbone, load_backbone
 from pdiff.cost.model import Throughputs
 from pdiff.data.images import load_image
 from pdiff.diffusion.dit import PromptDiT
 from pdiff.diffusion.objective import get_objective
 from pdiff.methods.text import ClassTexts
+from pdiff.plan.names import RANDOM
 
 log = logging.getLogger(__name__)
 

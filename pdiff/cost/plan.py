@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pdiff.cost.model import (
     COMPUTE_RULES,
     Arch,
@@ -38,6 +36,7 @@ from pdiff.cost.model import (
 )
 from pdiff.cost.workflow import config_estimator, config_size
 from pdiff.errors import PdiffError
+from pdiff.plan.config import load_config
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +47,6 @@ PLAN_CORES = 1024  # a dry run caps threads at --cores: this keeps every rule's 
 # --------------------------------------------------------------------------------------------
 # The config and the DAG, as Snakemake sees them
 # --------------------------------------------------------------------------------------------
-
-
-def merge(base: dict, overlay: Mapping) -> dict:
-    """Snakemake's merge of `--configfile` overlays: mappings key by key, the rest replaced."""
-    out = dict(base)
-    for key, value in overlay.items():
-        both = isinstance(value, Mapping) and isinstance(base.get(key), Mapping)
-        out[key] = merge(base[key], value) if both else value
-    return out
-
-
-def load_config(configfiles: Iterable[Path], snakefile: Path = SNAKEFILE) -> dict:
-    """The config the workflow runs with: the Snakefile's config/config.yaml, the files merged
-    over it in order, the schema's defaults filled in."""
-    from snakemake.utils import validate
-
-    root = snakefile.parent
-    cfg: dict = {}
-    for path in [root / "config" / "config.yaml", *configfiles]:
-        cfg = merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    validate(cfg, str(root / "workflow" / "schemas" / "config.schema.yaml"))
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -297,7 +274,7 @@ def plan_cost(configfiles: list[Path], throughputs: Throughputs, directory: Path
               snakefile: Path = SNAKEFILE) -> Plan:
     """Every job of the configs' DAG, counted and timed with `throughputs`."""
     directory = Path(directory or Path.cwd())
-    cfg = load_config(configfiles, snakefile)
+    cfg = load_config(configfiles, snakefile.parent)
     planned = parse_jobs(dry_run(configfiles, directory, snakefile))
     jobs = cost_jobs(planned)
     model = cfg["backbone"]["model"]
@@ -409,7 +386,7 @@ def plan_cost_command(configfiles: list[Path], throughputs: Path | None = None,
                       directory: Path | None = None, snakefile: Path = SNAKEFILE) -> str:
     """`pdiff plan-cost`: the table for the configs (throughputs read from a file, assumed,
     or measured here), or with `measure_only` just the measurement, written to `out`."""
-    cfg = load_config(configfiles, snakefile)
+    cfg = load_config(configfiles, snakefile.parent)
     model = cfg["backbone"]["model"]
     if throughputs is not None:
         thr = Throughputs.load(throughputs)

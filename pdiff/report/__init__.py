@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
+from pdiff.plan.names import DEFAULT, TRANSFER, default_ablation_protocols
 from pdiff.report.ablation import ablation_rows, write_ablation
 from pdiff.report.diagnosis import diagnosis_rows, load_diagnostics, underfit_dits, write_diagnosis
 from pdiff.report.output import bars, jsonable, write_text
 from pdiff.report.protocols import (
     HM_TARGET,
     PROTOCOL_TITLES,
-    TRANSFER,
     Lookup,
     base2new_table,
     diffusion_gains,
@@ -46,7 +46,7 @@ from pdiff.report.protocols import (
     write_transfer,
 )
 from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TRANSFER
-from pdiff.report.records import DEFAULT, index_evaluations, variant_label
+from pdiff.report.records import index_evaluations, variant_label
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ log = logging.getLogger(__name__)
 def ablation_protocols(params: dict, protocols: dict) -> list[str]:
     """The protocols the ablation settings were run on (`ablation_protocols` in the params;
     default: base-to-new, else the transfer protocols), each a configured one."""
-    default = ["base2new"] if "base2new" in protocols else [p for p in TRANSFER if p in protocols]
-    chosen = list(params.get("ablation_protocols") or default)
+    chosen = list(params.get("ablation_protocols") or default_ablation_protocols(protocols))
     off = [p for p in chosen if p not in protocols]
     if off:
         raise PdiffError(f"report --params: ablation_protocols {off} are not among the "

@@ -13,16 +13,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pdiff.plan.names import DEFAULT, TRANSFER
 from pdiff.report.output import atomic_write, fmt, md_table, write_csv, write_text
 from pdiff.report.protocols import (
     METHOD_NAMES,
-    TRANSFER,
     Lookup,
     Row,
     base2new_table,
     transfer_table,
 )
-from pdiff.report.records import DEFAULT, Key, mean
+from pdiff.report.records import Key, mean
 
 
 def variants_of(index: dict[Key, dict], method: str) -> list[str]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
+from pdiff.plan.names import DEFAULT
 from pdiff.report.output import fmt, md_table, write_csv, write_text
 from pdiff.report.protocols import METHOD_NAMES
-from pdiff.report.records import DEFAULT, Key, mean, se
+from pdiff.report.records import Key, mean, se
 from pdiff.utils import read_json
 
 # Seen cosine (generated vs true deltas on the DiT's own training images) under which a DiT is

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
+from pdiff.plan.names import DEFAULT
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
 from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
-from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se, variant_label
+from pdiff.report.records import Key, is_number, make_key, mean, se, variant_label
 
 #: Display names of the host methods.
 METHOD_NAMES = {
@@ -36,8 +37,6 @@ PROTOCOL_TITLES = {
     "cross_dataset": "Cross-dataset transfer",
     "domain_generalization": "Domain generalisation",
 }
-
-TRANSFER = ("cross_dataset", "domain_generalization")  # protocols of the all-class source run
 
 
 #: What prompt diffusion aims to add to its host method's base-to-new HM (points).

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
+from pdiff.plan.names import DEFAULT, STAGES
 from pdiff.utils import read_json
 
 #: The keys every evaluation JSON carries (the contract of `pdiff evaluate`).
@@ -35,8 +36,6 @@ REQUIRED_KEYS = (
 )
 MODES = ("zeroshot", "baseline", "diffusion")
 SPLITS = ("base", "new", "all")
-STAGES = ("overfit", "diffusion", "sampling")  # the stages a prompt-diffusion setting changes
-DEFAULT = "default"
 
 #: (mode, method, train_dataset, train_classes, seed, target, split, setting label)
 Key = tuple[str, str, Any, Any, Any, str, str, str]
