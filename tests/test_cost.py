@@ -83,7 +83,7 @@ def test_demo_keeps_its_threads(tmp_path):
 
 @pytest.mark.parametrize("configs", [[SMOKE], [BENCHMARK]], ids=["smoke", "benchmark"])
 def test_workflow_resources_are_the_cost_models(tmp_path, configs):
-    """Every compute job's runtime and mem_mb, as the workflow gives them (common.smk builds the
+    """Every compute job's runtime and mem_mb, as the workflow gives them (pdiff.plan builds the
     job from its wildcards), equal the cost model's for the job plan-cost builds from the
     planned command: both describe the same work."""
     planned = parse_jobs(dry_run(configs, tmp_path))

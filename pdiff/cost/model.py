@@ -356,7 +356,7 @@ COMPUTE_RULES = ("features_test", "features_fewshot", "train", "overfit", "fit_d
 @dataclass(frozen=True)
 class Job:
     """One job of the workflow as the cost model needs it (built from a rule's wildcards and
-    config in workflow/rules/common.smk, or from a planned command by `pdiff plan-cost`)."""
+    config in pdiff/plan/study.py, or from a planned command by `pdiff plan-cost`)."""
 
     rule: str
     dataset: str = ""  # the training (or feature) dataset
