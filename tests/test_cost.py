@@ -30,7 +30,8 @@ from pdiff.cost.workflow import ASSUMED_NAME_TOKENS, config_estimator
 from pdiff.errors import PdiffError
 from pdiff.methods import METHODS
 from pdiff.methods.text import ClassTexts, ContextMethod
-from pdiff.plan import load_config
+from pdiff.plan.config import load_config
+from pdiff.plan.paths import Paths
 from tests.test_workflow_static import (
     BENCHMARK,
     DEMO,
@@ -88,7 +89,7 @@ def test_workflow_resources_are_the_cost_models(tmp_path, configs):
     planned command: both describe the same work."""
     planned = parse_jobs(dry_run(configs, tmp_path))
     cfg = load_config(configs)
-    estimator = config_estimator(cfg, tmp_path / cfg["results"] / "data" / "check")
+    estimator = config_estimator(cfg, tmp_path / Paths(cfg).check_dir)
     checked = collections.Counter()
     for p, job in zip(planned, cost_jobs(planned), strict=True):
         if p.rule not in COMPUTE:

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from pdiff.plan import ConfigError, Plan, load_config
+from pdiff.plan.config import ConfigError, load_config
 from pdiff.plan.fingerprints import Fingerprints
 from pdiff.plan.names import DEFAULT, PROTOCOLS, STAGES
 from pdiff.plan.paths import RUN, is_tag
-from pdiff.plan.study import alternation
+from pdiff.plan.study import Plan, alternation
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"

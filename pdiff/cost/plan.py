@@ -37,6 +37,7 @@ from pdiff.cost.model import (
 from pdiff.cost.workflow import config_estimator, config_size
 from pdiff.errors import PdiffError
 from pdiff.plan.config import load_config
+from pdiff.plan.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def plan_cost(configfiles: list[Path], throughputs: Throughputs, directory: Path
     count = token_counter(model)
     data_root = Path(cfg["data"]["root"])
     cfg = {**cfg, "data": {**cfg["data"], "root": str(directory / data_root)}}
-    check_dir = directory / cfg["results"] / "data" / "check"
+    check_dir = directory / Paths(cfg).check_dir
     sizes: dict[str, DatasetSize] = {}
 
     def size(name: str) -> DatasetSize:

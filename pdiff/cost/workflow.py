@@ -21,6 +21,7 @@ from pdiff.cost.model import (
     approx_tokens,
     template_tokens,
 )
+from pdiff.plan.paths import check_report
 
 #: BPE tokens of a class name whose name is not known here: above the benchmark's typical
 #: names (ImageNet's 1,000 average 2.2, StanfordCars-like ones 8), so resources err high.
@@ -51,7 +52,7 @@ def world_counts(cfg: Mapping[str, Any], name: str) -> tuple[dict[str, int], str
 
 def checked_counts(check_dir: Path | None, name: str) -> dict[str, int] | None:
     """Counts `pdiff check-data` found on disk (its report), when the workflow has run it."""
-    path = check_dir / f"{name}.json" if check_dir else None
+    path = Path(check_report(check_dir, name)) if check_dir else None
     if path is None or not path.is_file():
         return None
     (report,) = json.loads(path.read_text())["datasets"]

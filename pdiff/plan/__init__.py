@@ -7,9 +7,6 @@ validation), `checks` (cross-key checks), `paths` (every path, built once), `var
 (ablation variants, presets, each stage's config), `recipes` (method_params per protocol and
 dataset), `targets` (runs, evaluation sets, the report's inputs and outputs), `fingerprints`
 (code fingerprints), `study` (the `Plan`: these together, the rules' params and resources).
+Import from the modules: this package's `__init__` imports nothing, so that the cost model can
+read `paths` while `study` imports the cost model.
 """
-
-from pdiff.plan.config import ConfigError, load_config, prepare
-from pdiff.plan.study import Plan
-
-__all__ = ["ConfigError", "Plan", "load_config", "prepare"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pdiff.plan.names import DEFAULT, PRETRAIN, RANDOM, SHIPPED
@@ -32,6 +33,11 @@ def is_tag(pretrained: str) -> bool:
     return pretrained not in (SHIPPED, PRETRAIN, RANDOM) and not re.search(
         r"[/\\]|\.(safetensors|pt|pth|bin)$", pretrained
     )
+
+
+def check_report(check_dir: str | Path, dataset: str) -> str:
+    """check_data's report on `dataset` (the cost model reads its counts)."""
+    return f"{check_dir}/{dataset}.json"
 
 
 class Paths:
@@ -65,7 +71,7 @@ class Paths:
         return f"{self.results}/data/check"
 
     def check(self, dataset: str = "{dataset}") -> str:
-        return f"{self.check_dir}/{dataset}.json"
+        return check_report(self.check_dir, dataset)
 
     def draw(self, dataset: str = "{dataset}", seed: Any = "{seed}", shots: Any = None) -> str:
         """One few-shot draw, relative to its stage's folder (`shots`: the config's)."""

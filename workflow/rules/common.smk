@@ -9,9 +9,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from pdiff.plan import ConfigError, Plan, prepare
+from pdiff.plan.config import ConfigError, prepare
 from pdiff.plan.paths import RUN
-from pdiff.plan.study import to_json
+from pdiff.plan.study import Plan, to_json
 
 try:
     PLAN = Plan(prepare(config, Path(workflow.basedir)), Path(workflow.basedir))
@@ -20,7 +20,6 @@ except ConfigError as e:
 
 PATHS = PLAN.paths
 TARGETS = PLAN.targets
-RESULTS = PATHS.results
 GPU = PLAN.gpu
 
 
