@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pdiff.plan.config import merge
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
@@ -280,19 +282,10 @@ def test_every_protocol_off_is_refused(tmp_path):
     assert res.returncode != 0 and "keep at least one" in res.stdout + res.stderr
 
 
-def _merge(base: dict, overlay: dict) -> dict:
-    """Snakemake's merge of an overlay config: mappings key by key, anything else replaced."""
-    out = dict(base)
-    for key, value in overlay.items():
-        both = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = _merge(base[key], value) if both else value
-    return out
-
-
 def test_all_methods_config_plans_every_method(tmp_path):
     overlay = REPO / "config" / "all-methods.yaml"
     counts, _ = plan(tmp_path, [DEMO, overlay])
-    cfg = _merge(load(DEMO), load(overlay))
+    cfg = merge(load(DEMO), load(overlay))
     assert counts == expected_counts(cfg)
     assert len(cfg["methods"]) == 6 and len(cfg["seeds"]) == 3
     # (2 base-to-new datasets + 1 all-class source run) x 6 methods x 3 seeds
@@ -321,7 +314,7 @@ def test_ablation_config_plans_its_settings(tmp_path):
 def test_per_method_sweep_plans_each_setting_once_per_method_and_protocol(tmp_path):
     overlays = [REPO / "config" / "all-methods.yaml", REPO / "config" / "per-method-sweep.yaml"]
     counts, _ = plan(tmp_path, [DEMO, *overlays])
-    cfg = _merge(_merge(load(DEMO), load(overlays[0])), load(overlays[1]))
+    cfg = merge(merge(load(DEMO), load(overlays[0])), load(overlays[1]))
     sweep = cfg["ablation"]
     runs = 3 * 6  # (2 base-to-new datasets + 1 all-class source run) x 6 methods, seed 1
 
