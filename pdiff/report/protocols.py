@@ -15,6 +15,7 @@ from typing import Any
 
 from pdiff.errors import PdiffError
 from pdiff.plan.names import DEFAULT
+from pdiff.plan.paths import run_id
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
 from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
 from pdiff.report.records import Key, is_number, make_key, mean, se, variant_label
@@ -105,10 +106,8 @@ class Lookup:
             if row.mode == "zeroshot":
                 where = f"results/zeroshot/{target}.json"
             else:
-                where = (
-                    f"runs/{train_dataset}/{row.method}/{train_classes}/seed{seed}/eval/"
-                    f"{row.mode}.json"
-                )
+                run = run_id(train_dataset, row.method, train_classes, seed)
+                where = f"runs/{run}/eval/{row.mode}.json"
             self.missing.append(f"{row.label} on {target}/{split} (e.g. {where})")
             return math.nan
         self.used.add(key)
