@@ -177,6 +177,22 @@ def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, t
         write_docs(tmp_path / "missing.json", tmp_path / "results.md")
 
 
+def test_a_transfer_only_report_is_judged_on_its_transfer_average(tmp_path):
+    (tmp_path / "evals").mkdir()
+    params = {"protocols": {"cross_dataset": PARAMS["protocols"]["cross_dataset"]},
+              "methods": ["coop"], "seeds": [1]}
+    inputs = [p for p in _evaluations(tmp_path / "evals")
+              if json.loads(p.read_text())["evaluations"][0]["target"] in ("shapes", *CROSS)
+              and json.loads(p.read_text())["evaluations"][0]["split"] == "all"]
+    make_report(inputs, params, tmp_path / "report")
+    out = tmp_path / "results.md"
+    write_docs(tmp_path / "report" / "summary.json", out, label="a transfer study")
+    text = out.read_text()
+    assert "## Base-to-new generalisation" not in text and "## Cross-dataset transfer" in text
+    assert "| Host method | Seeds | Host cross-dataset |" in text and "1 seed (1)" in text
+    assert _line(text, "| CoOp | 1 |").endswith("| yes |")  # +6 points, no target set
+
+
 def test_machine_and_commit_where_unknown(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f\n"

@@ -137,7 +137,7 @@ def _rows(summary: dict, protocol: str) -> list[dict]:
 def _pair(rows: list[dict], method: str, tag: str | None) -> tuple[dict, dict] | None:
     host = next((r for r in rows if r["method"] == method and r["mode"] == "baseline"), None)
     pd = next((r for r in rows if r["method"] == method and r["mode"] == "diffusion"
-               and r["tag"] == tag), None)
+               and r.get("tag") == tag), None)
     return None if host is None or pd is None else (host, pd)
 
 
@@ -159,7 +159,7 @@ def transfer_gain(summary: dict, protocol: str, method: str, tag: str | None
 def _tags(summary: dict) -> tuple[str | None, list[str]]:
     """pdiff's own tag (None without presets, else "pdiff") and the presets' tags."""
     rows = summary.get("rows", [])
-    tags = list(dict.fromkeys(r["tag"] for r in rows if r["mode"] == "diffusion"))
+    tags = list(dict.fromkeys(r.get("tag") for r in rows if r["mode"] == "diffusion"))
     own = "pdiff" if "pdiff" in tags else None
     return own, [t for t in tags if t not in (None, "pdiff")]
 
@@ -179,7 +179,8 @@ def host_table(summary: dict) -> str:
     own, presets = _tags(summary)
     b2n = summary.get("base2new")
     transfer = [p for p in TRANSFER if p in summary]
-    gains = {(g["method"], g["tag"]): g for g in (b2n or {}).get("diffusion_gain", [])}
+    # .get: summaries written before presets existed have no tags
+    gains = {(g["method"], g.get("tag")): g for g in (b2n or {}).get("diffusion_gain", [])}
     if b2n:
         measure, target = "HM", b2n.get("hm_target")
         header = ["Host method", "Seeds", "Host HM", "+ prompt diffusion HM", "Δ HM"]
