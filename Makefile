@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-slurm lint report clean
+.PHONY: install demo test test-slurm lint report docs clean
 
 $(BIN)/pdiff: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ report: install
 
 test: install
 	$(BIN)/pytest -q
+
+# docs/results.md and the README's results block from a report's summary.json, stamped with the
+# commit, the machine and the date. Torch-free and Snakemake-free: needs only Python.
+SUMMARY ?= results/report/summary.json
+docs:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(SUMMARY) --out docs/results.md --readme README.md
 
 # The smoke pipeline on a local single-node Slurm (root: installs slurm and munge with apt-get).
 test-slurm: install

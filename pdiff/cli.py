@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json_arg, required=True)
     p.add_argument("--out-dir", required=True)
     _common(p)
+
+    from pdiff.report.docs import add_arguments  # torch-free, light
+
+    p = sub.add_parser("docs", help="docs/results.md (and the README's results) from a report")
+    add_arguments(p)
+    _common(p)
     return parser
 
 
@@ -279,6 +285,11 @@ def run(args: argparse.Namespace) -> None:
 
         make_report([Path(p) for p in args.inputs], args.params, Path(args.out_dir),
                     [Path(p) for p in args.diagnostics])
+    elif cmd == "docs":
+        from pdiff.report.docs import write_docs
+
+        stamp = write_docs(args.summary, args.out, args.readme, args.label)
+        print(f"{args.out} written ({stamp.line()})")
 
 
 def main(argv: list[str] | None = None) -> int:

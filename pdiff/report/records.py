@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
-from pdiff.utils import read_json
 
 #: The keys every evaluation JSON carries (the contract of `pdiff evaluate`).
 REQUIRED_KEYS = (
@@ -77,6 +76,8 @@ def load_evaluation(path: Path) -> list[dict]:
     """Read and check one evaluation bundle ({"evaluations": [record, ...]}), naming the file in
     every error."""
     path = Path(path)
+    from pdiff.utils import read_json  # lazy: pdiff.utils imports torch; `pdiff docs` must not
+
     bundle = read_json(path, "report input", "run its `pdiff evaluate` again")
     records = bundle.get("evaluations") if isinstance(bundle, dict) else None
     if not isinstance(records, list) or not records:
