@@ -16,6 +16,7 @@ import re
 
 import pytest
 
+from pdiff.budget import DEFAULT_MAX_PAIRS
 from pdiff.cli import main
 from pdiff.cost.model import (
     METHOD_COST,
@@ -171,13 +172,16 @@ def test_counts_scale_with_the_config(benchmark):
 
 
 def test_max_pairs_bounds_the_live_text(benchmark):
-    """compute.max_pairs chunks a step's (image, class) texts: the peak falls, the work not."""
+    """compute.max_pairs chunks a step's (image, class) texts: the peak falls, the work not;
+    a config that leaves it out is planned under pdiff's default, as its jobs run."""
+    assert benchmark.max_pairs == DEFAULT_MAX_PAIRS
     job = _job("overfit", stage={"steps": 5, "batch_size": 64})
-    chunked = dataclasses.replace(benchmark, max_pairs=4096)
-    assert chunked.work(job).text_train == benchmark.work(job).text_train
-    assert chunked.work(job).step_text_train * 64 * 1000 == pytest.approx(
-        benchmark.work(job).step_text_train * 4096)
-    assert chunked.peak_bytes(chunked.work(job)) < benchmark.peak_bytes(benchmark.work(job)) / 10
+    unbounded = dataclasses.replace(benchmark, max_pairs=None)
+    assert unbounded.work(job).text_train == benchmark.work(job).text_train
+    assert benchmark.work(job).step_text_train * 64 * 1000 == pytest.approx(
+        unbounded.work(job).step_text_train * DEFAULT_MAX_PAIRS)
+    assert benchmark.peak_bytes(benchmark.work(job)) < unbounded.peak_bytes(
+        unbounded.work(job)) / 10
 
 
 def test_doubling_seeds_doubles_the_runs_hours(tmp_path):
