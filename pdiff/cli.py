@@ -39,14 +39,15 @@ def _json_value(text: str) -> object:
 
 
 def _sets_arg(text: str) -> list[dict]:
-    """--sets: a JSON list of {"dataset": {...}, "split": "base" | "new" | "all"}."""
+    """--sets: a JSON list of {"dataset": {...}, "split": "base" | "new" | "all" | "val"}; a
+    "val" set also names its run's "classes" and "fewshot" draw (checked by pdiff.evaluate)."""
     value = _json_value(text)
     ok = isinstance(value, list) and all(
         isinstance(s, dict) and isinstance(s.get("dataset"), dict)
-        and s.get("split") in ("base", "new", "all") for s in value)
+        and s.get("split") in ("base", "new", "all", "val") for s in value)
     if not ok:
         raise argparse.ArgumentTypeError(
-            'expected a JSON list of {"dataset": {...}, "split": "base"|"new"|"all"}')
+            'expected a JSON list of {"dataset": {...}, "split": "base"|"new"|"all"|"val"}')
     return value
 
 
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", type=_json_arg, required=True)
     p.add_argument("--data-root", required=True, help="folder holding the datasets")
     p.add_argument("--sets", type=_sets_arg, required=True,
-                   help='JSON list of {"dataset": <catalogue entry>, "split": base|new|all}')
+                   help='JSON list of {"dataset": <catalogue entry>, "split": base|new|all}'
+                        ' (test subsets), or {..., "split": "val", "classes": base|all, '
+                        '"fewshot": <draw>, "features": <its cache>} (the run\'s validation)')
     p.add_argument("--params", type=_json_arg, required=True,
                    help="{evaluation: ..., sampling: ...}")
     p.add_argument("--max-images", type=int,

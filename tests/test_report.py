@@ -409,13 +409,29 @@ def _variant_inputs(tmp_path: Path, variant: tuple[str, str], steps: int, shift:
     return paths
 
 
+def _val_inputs(paths: list[Path]) -> list[Path]:
+    """Validation bundles beside `paths`: each trained run's base-class (base-to-new) or source
+    (transfer) test record again as split "val", with the same accuracy, so that validation
+    and test agree here (tests/test_validation.py has them disagree)."""
+    out = []
+    for path in paths:
+        records = [{**r, "split": "val", "classes": r["train_classes"]}
+                   for r in json.loads(path.read_text())["evaluations"]
+                   if r["mode"] != "zeroshot" and r["target"] == r["train_dataset"]
+                   and r["split"] == {"base": "base", "all": "all"}[r["train_classes"]]]
+        if records:
+            out.append(path.with_name(f"val_{path.name}"))
+            out[-1].write_text(json.dumps({"evaluations": records}))
+    return out
+
+
 def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     """Evaluations in other settings (one stage changed) leave the protocol tables alone."""
     paths = _write_inputs(tmp_path)
     extra = [*_variant_inputs(tmp_path, ("sampling", "steps=1"), 1, -10.0),
              *_variant_inputs(tmp_path, ("overfit", "steps=10"), 5, 2.0)]
     out = tmp_path / "report"
-    make_report(paths + extra, PARAMS, out)
+    make_report(paths + extra + _val_inputs(paths + extra), PARAMS, out)
     plain = tmp_path / "plain"
     make_report(paths, PARAMS, plain)
     assert (out / "base2new.csv").read_text() == (plain / "base2new.csv").read_text()
@@ -431,7 +447,9 @@ def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     best = md.split("## Best setting per method")[1]
     hm = float(rows[("diffusion", "overfit: steps=10")]["hm"])
     host = float(rows[("baseline", "–")]["hm"])
-    assert f"| overfit: steps=10 | {hm:.2f}" in best and f"{hm - host:+.2f} |" in best
+    val = float(rows[("diffusion", "overfit: steps=10")]["val_base"])
+    assert f"| overfit: steps=10 | {val:.2f} ± 1.00 | {hm:.2f}" in best
+    assert f"{hm - host:+.2f} |" in best
 
 
 def test_diagnosis_table_from_dit_diagnostics(tmp_path):
@@ -481,7 +499,7 @@ def test_ablation_on_the_transfer_protocols_adds_their_columns(tmp_path):
     params = {**PARAMS, "ablation_protocols": ["base2new", "cross_dataset",
                                                "domain_generalization"]}
     out = tmp_path / "report"
-    make_report(paths + extra, params, out)
+    make_report(paths + extra + _val_inputs(paths + extra), params, out)
     rows = {(r["mode"], r["setting"]): r for r in csv.DictReader((out / "ablation.csv").open())}
     setting, default = rows[("diffusion", "overfit: kl_weight=0.1")], rows[("diffusion", "default")]
     for key in ("base", "new", "cross_dataset", "domain_generalization"):
@@ -489,15 +507,17 @@ def test_ablation_on_the_transfer_protocols_adds_their_columns(tmp_path):
     # cross-dataset from shapes: icons and glyphs (5th and 6th tens), +3 for diffusion, + seed
     assert float(default["cross_dataset"]) == pytest.approx((53 + 63) / 2 + 1.5)
     best = (out / "ablation.md").read_text().split("## Best setting per method")[1]
-    for measure in ("HM", "cross dataset", "domain generalization", "mean of the protocols"):
-        assert f"| {measure} | default |" in best
+    for measure, chosen_on in (("HM", "base-class"), ("cross dataset", "source"),
+                               ("domain generalization", "source"),
+                               ("mean of the protocols", "mean of the protocols'")):
+        assert f"| {measure} | {chosen_on} validation | default |" in best
     mean = (float(default["hm"]) + float(default["cross_dataset"])
             + float(default["domain_generalization"])) / 3
     assert float(default["mean"]) == pytest.approx(mean)
     # settings run on base-to-new only are missing on the transfer protocols: named, not guessed
     b2n_only = _variant_inputs(tmp_path, ("overfit", "kl_weight=0.1"), 5, -1.0)
     with pytest.raises(PdiffError, match="on glyphs/all"):
-        make_report(paths + b2n_only, params, tmp_path / "again")
+        make_report(paths + b2n_only + _val_inputs(paths + b2n_only), params, tmp_path / "again")
     with pytest.raises(PdiffError, match="ablation_protocols"):
         make_report(paths, {**params, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}},
                     tmp_path / "bad")

@@ -1013,15 +1013,18 @@ def test_ablation_settings_become_targets_and_reach_the_report(ablation_run):
 
 @pytest.mark.parametrize(
     ("stage", "entry", "expected"),
+    # each new setting is also evaluated on its runs' validation split (evaluate_val_diffusion)
     [
-        ("sampling", {"solver": "rk4"}, {"evaluate_diffusion": 4, "report": 1, "all": 1}),
-        ("diffusion", {"depth": 2}, {"fit_diffusion": 4, "evaluate_diffusion": 4, "report": 1,
-                                     "all": 1}),
+        ("sampling", {"solver": "rk4"}, {"evaluate_diffusion": 4, "evaluate_val_diffusion": 4,
+                                         "report": 1, "all": 1}),
+        ("diffusion", {"depth": 2}, {"fit_diffusion": 4, "evaluate_diffusion": 4,
+                                     "evaluate_val_diffusion": 4, "report": 1, "all": 1}),
         ("overfit", {"lr": 0.02}, {"overfit": 4, "fit_diffusion": 4, "evaluate_diffusion": 4,
-                                   "report": 1, "all": 1}),
+                                   "evaluate_val_diffusion": 4, "report": 1, "all": 1}),
         # restricted to one method: only CoOp's two base-to-new runs
         ("diffusion", {"depth": 2, "methods": ["coop"]},
-         {"fit_diffusion": 2, "evaluate_diffusion": 2, "report": 1, "all": 1}),
+         {"fit_diffusion": 2, "evaluate_diffusion": 2, "evaluate_val_diffusion": 2, "report": 1,
+          "all": 1}),
     ],
 )
 def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path, stage, entry,
@@ -1040,10 +1043,11 @@ def test_ablation_on_transfer_adds_each_setting_on_the_source_run(ablation_run, 
     res = snakemake(workdir, "-n", "--quiet", "rules", path=bindir, snakefile=snakefile,
                     configfile=_ablation_config(tmp_path, every, "every.yaml"))
     assert res.returncode == 0, res.stdout + res.stderr
-    # per method's source run: the overfit setting's store, two DiTs, three evaluations
+    # per method's source run: the overfit setting's store, two DiTs, three evaluations, and
+    # its validation evaluations (baseline, default and the three settings)
     assert job_counts(res.stdout + res.stderr) == {
-        "overfit": 2, "fit_diffusion": 2 * 2, "evaluate_diffusion": 3 * 2, "report": 1,
-        "all": 1}
+        "overfit": 2, "fit_diffusion": 2 * 2, "evaluate_diffusion": 3 * 2,
+        "evaluate_val_baseline": 2, "evaluate_val_diffusion": 4 * 2, "report": 1, "all": 1}
 
 
 def test_ablation_on_a_switched_off_protocol_is_refused(tmp_path):

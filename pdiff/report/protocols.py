@@ -16,7 +16,16 @@ from typing import Any
 from pdiff.errors import PdiffError
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
 from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
-from pdiff.report.records import DEFAULT, Key, is_number, make_key, mean, se, variant_label
+from pdiff.report.records import (
+    DEFAULT,
+    VAL,
+    Key,
+    is_number,
+    make_key,
+    mean,
+    se,
+    variant_label,
+)
 
 #: Display names of the host methods.
 METHOD_NAMES = {
@@ -108,9 +117,10 @@ class Lookup:
             else:
                 where = (
                     f"runs/{train_dataset}/{row.method}/{train_classes}/seed{seed}/eval/"
-                    f"{row.mode}.json"
+                    f"{'val/' if split == VAL else ''}{row.mode}.json"
                 )
-            self.missing.append(f"{row.label} on {target}/{split} (e.g. {where})")
+            setting = f" ({variant})" if variant != DEFAULT else ""
+            self.missing.append(f"{row.label}{setting} on {target}/{split} (e.g. {where})")
             return math.nan
         self.used.add(key)
         return float(record["accuracy"])

@@ -33,7 +33,10 @@ REQUIRED_KEYS = (
     "sampling",
 )
 MODES = ("zeroshot", "baseline", "diffusion")
-SPLITS = ("base", "new", "all")
+#: "val": a run's few-shot validation images in its own classes (settings are chosen on it);
+#: the others are class subsets of the test split.
+VAL = "val"
+SPLITS = ("base", "new", "all", VAL)
 STAGES = ("overfit", "diffusion", "sampling")  # the stages a prompt-diffusion setting changes
 DEFAULT = "default"
 

@@ -940,3 +940,94 @@ def job_mem_mb(name):
         return ESTIMATOR.mem_mb(cost_job(name, wildcards), threads, attempt)
 
     return mem_mb
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (issue 18): settings are chosen on the few-shot validation split, never on test
+# (DESIGN.md §10). With an ablation configured, every run a choice compares (the ablated
+# protocols' runs: base-to-new's base-class runs, the transfer source's all-class run) is also
+# evaluated, baseline and in each setting the ablation table lists, on its own draw's validation
+# images (CoOp: min(K, 4) per class of the run's classes, the draw's `val` list), reusing its
+# prompt and DiT: only evaluate_val_* jobs are added. `ablation.choose_seeds` names the seeds
+# whose validation numbers choose (default []: every seed); the ablation's test means then leave
+# them out. Self-contained on purpose: these functions read the names above, nothing above reads
+# them except the report rule (validation_inputs, validation_params).
+# ---------------------------------------------------------------------------------------------
+
+CHOOSE_SEEDS = config.get("ablation", {}).get("choose_seeds", [])
+VAL_SEEDS = CHOOSE_SEEDS or SEEDS  # validation is evaluated only where it chooses
+
+
+def check_choose_seeds():
+    odd = sorted(set(CHOOSE_SEEDS) - set(SEEDS))
+    if odd or (CHOOSE_SEEDS and set(SEEDS) <= set(CHOOSE_SEEDS)):
+        raise WorkflowError(
+            f"config: ablation.choose_seeds {CHOOSE_SEEDS} must be some of `seeds` {SEEDS}, "
+            "leaving at least one seed to report on"
+            + (f" ({odd} are not in `seeds`)" if odd else "")
+            + "; or [] to choose on every seed's validation."
+        )
+
+
+check_choose_seeds()
+
+
+def val_eval_path(dataset, method, classes, seed, mode, combo=(DEFAULT,) * 3):
+    """eval/val/baseline.json, or eval/val/diffusion/<overfit>/<diffusion>/<sampling>.json:
+    beside the run's test evaluation, in the same layout."""
+    run = run_dir(dataset, method, classes, seed)
+    if mode == "baseline":
+        return f"{run}/eval/val/baseline.json"
+    return f"{run}/eval/val/diffusion/{'/'.join(combo)}.json"
+
+
+def val_sets_json(wildcards):
+    """--sets of a run's validation: its own dataset's draw, in its own classes, read through
+    the draw's feature cache (its `val` part)."""
+    d, s = wildcards.dataset, wildcards.seed
+    entry = {
+        "dataset": {"name": d, **config["datasets"][d]},
+        "split": "val",
+        "classes": wildcards.classes,
+        "fewshot": fewshot_path(d, s),
+        "features": FEWSHOT_FEATURES.format(dataset=d, seed=s),
+    }
+    return to_json([entry])
+
+
+def val_combos(method):
+    """The diffusion settings the ablation table lists for `method`: the ablation's combos it is
+    compared under and a preset's that changes at most one stage (the report leaves a preset
+    that changes more out of the ablation)."""
+    combos = [c for c in COMBOS if compares(c, method)]
+    combos += [
+        PRESET_COMBOS[p][method]
+        for p in PRESETS
+        if sum(name != DEFAULT for name in PRESET_COMBOS[p][method]) <= 1
+    ]
+    return list(dict.fromkeys(combos))
+
+
+def validation_inputs(wildcards=None):
+    """Every validation evaluation the ablation's choice reads (none without an ablation)."""
+    if not COMBOS[1:]:
+        return []
+    runs = []
+    if "base2new" in PROTOCOLS and ablated("base"):
+        runs += [(d, "base") for d in PROTOCOLS["base2new"]["datasets"]]
+    if transfer_targets() and ablated("all"):
+        runs.append((transfer_targets()[0], "all"))
+    return [
+        path
+        for m in TRAINED_METHODS
+        for s in VAL_SEEDS
+        for d, classes in runs
+        for path in [val_eval_path(d, m, classes, s, "baseline")]
+        + [val_eval_path(d, m, classes, s, "diffusion", c) for c in val_combos(m)]
+    ]
+
+
+def validation_params():
+    """The report's extra params: the choosing seeds, only with an ablation (so that a config
+    without one keeps its report params)."""
+    return {"choose_seeds": CHOOSE_SEEDS} if COMBOS[1:] else {}

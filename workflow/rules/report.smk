@@ -6,6 +6,7 @@ rule report:
     input:
         evaluations=report_inputs(),
         diagnostics=diagnostics_inputs(),
+        validation=validation_inputs(),  # only with an ablation: its choice reads these
     output:
         **report_outputs(),
     log:
@@ -21,9 +22,9 @@ rule report:
         runtime=10,
     params:
         code=code_fingerprint("pdiff/report"),
-        report=to_json(report_params()),
+        report=to_json({**report_params(), **validation_params()}),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "pdiff report --inputs {input.evaluations:q}"
+        "pdiff report --inputs {input.evaluations:q} {input.validation:q}"
         " --diagnostics {input.diagnostics:q} --params {params.report:q}"
         " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
