@@ -153,7 +153,8 @@ CASES = {
     "missing-dit": (
         lambda run, tmp, bb, out: [
             "evaluate", "--mode", "diffusion", "--prompt", f"{run}/prompt.safetensors",
-            "--dit", str(tmp / "nope.safetensors"), "--backbone", json.dumps(bb),
+            "--dit", str(tmp / "nope.safetensors"), "--store", f"{run}/store.h5",
+            "--backbone", json.dumps(bb),
             "--data-root", str(run / "data"), "--sets",
             json.dumps([{"dataset": dataset_spec("shapes"), "split": "base"}]), "--params",
             json.dumps(EVAL), "--out", out],

@@ -49,7 +49,7 @@ def _images(root: Path, name: str) -> list[Path]:
 
 def test_all_15_datasets_pass_check_data_with_their_real_class_counts(world):
     root, manifest = world
-    report = check_data(root, NAMES)
+    report = check_data(data_root=root, datasets=NAMES)
     assert report["ok"], [(r["name"], r["error"], r["missing"]) for r in report["datasets"]]
     for r in report["datasets"]:
         assert r["classes"] == PUBLISHED_COUNTS[r["name"]]["classes"], r["name"]

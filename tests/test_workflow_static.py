@@ -729,8 +729,9 @@ elif sub == "fit-diffusion":
 elif sub == "report":
     from pdiff.report import make_report
 
-    make_report([Path(p) for p in opts["inputs"]], json.loads(opts["params"][0]),
-                Path(opts["out-dir"][0]), [Path(p) for p in opts.get("diagnostics", [])])
+    make_report(inputs=[Path(p) for p in opts["inputs"]], params=json.loads(opts["params"][0]),
+                out_dir=Path(opts["out-dir"][0]),
+                diagnostics=[Path(p) for p in opts.get("diagnostics", [])])
 else:
     put(opts["out"][0])
 '''
@@ -951,7 +952,7 @@ AFTER_TRAIN = {
                                     "evaluate_baseline": 3, "evaluate_diffusion": 3,
                                     "report": 1, "all": 1}),
         ("pdiff/methods/text.py", AFTER_TRAIN | {"evaluate_zeroshot": 3}),
-        ("pdiff/train.py", AFTER_TRAIN),
+        ("pdiff/host_prompt.py", AFTER_TRAIN),
         ("pdiff/report/protocols.py", {"report": 1, "all": 1}),
         ("pdiff/evaluate.py", {"evaluate_baseline": 6, "evaluate_diffusion": 6,
                                "evaluate_zeroshot": 3, "report": 1, "all": 1}),

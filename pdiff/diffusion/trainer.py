@@ -44,7 +44,7 @@ from pdiff.resume import Resume, rng_state, set_rng_state
 from pdiff.store import PromptStore
 from pdiff.utils import save_safetensors
 
-log = logging.getLogger("pdiff.diffusion.train")
+log = logging.getLogger(__name__)
 
 FORMAT = "pdiff-diffusion/1"
 #: Steps between two resume checkpoints (when ``fit_diffusion`` is given a ``resume``).
