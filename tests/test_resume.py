@@ -17,7 +17,7 @@ import pdiff.diffusion.trainer
 import pdiff.host_prompt
 from pdiff.cli import main
 from pdiff.resume import Resume, resume_path
-from tests.conftest import dataset_spec
+from tests.helpers import dataset_spec
 
 TRAIN = {
     "coop": {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.01, "batch_size": 4,

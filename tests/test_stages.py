@@ -12,7 +12,7 @@ import pdiff.overfit
 from pdiff.cli import main
 from pdiff.methods import get_method
 from pdiff.store import read_store
-from tests.conftest import dataset_spec
+from tests.helpers import dataset_spec
 
 COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
         "epochs": 2, "warmup_epochs": 1}
