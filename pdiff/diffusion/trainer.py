@@ -1,4 +1,6 @@
-"""Train the prompt DiT on a prompt store, and save/load the result.
+"""Train the prompt DiT on a prompt store, and save/load the result: the method-agnostic loop.
+The `pdiff fit-diffusion` stage around it (the store, the host method's classification term,
+the diagnostics) is :mod:`pdiff.fit_dit`; the host prompt's training is :mod:`pdiff.host_prompt`.
 
 ``fit_diffusion`` is deterministic for a given seed (on a given device and thread
 setup): the weights are initialised under a forked RNG seeded with ``seed`` and every
