@@ -32,7 +32,7 @@ from pdiff.data import (
 )
 from pdiff.diagnose import memorisation
 from pdiff.diffusion.sampler import SamplingConfig
-from pdiff.diffusion.train import load_diffusion
+from pdiff.diffusion.trainer import load_diffusion
 from pdiff.errors import PdiffError
 from pdiff.inputs import ImageList, image_list
 from pdiff.methods import Inputs, PromptMethod, get_method
@@ -106,7 +106,7 @@ def predict(method: PromptMethod, images: ImageList, batch_size: int, generate=N
     return out
 
 
-def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
+def evaluate(*, mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
              seed: int, out: str, prompt: str | None = None, dit: str | None = None,
              store: str | None = None, variant: dict | None = None,
              features: dict[str, str] | None = None, workers: int = 0,

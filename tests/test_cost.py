@@ -31,7 +31,7 @@ from pdiff.cost.workflow import ASSUMED_NAME_TOKENS, config_estimator
 from pdiff.errors import PdiffError
 from pdiff.methods import METHODS
 from pdiff.methods.text import ClassTexts, ContextMethod
-from tests.test_workflow_static import (
+from tests.helpers import (
     BENCHMARK,
     DEMO,
     REPO,
@@ -58,6 +58,7 @@ def throughputs(configs) -> Throughputs:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize("configs", [[DEMO], [BENCHMARK]], ids=["demo", "benchmark"])
 def test_plan_has_the_dry_runs_jobs_per_rule(tmp_path, configs):
     counts, _ = plan(tmp_path, configs)
@@ -67,6 +68,7 @@ def test_plan_has_the_dry_runs_jobs_per_rule(tmp_path, configs):
     assert all(r.seconds > 0 for r in result.rules if r.rule in COMPUTE)
 
 
+@pytest.mark.dryrun
 def test_demo_keeps_its_threads(tmp_path):
     """On a CPU (`gpu: 0`) every rule keeps its own threads: one for the small-model rules,
     two for the image-reading features and overfitting."""
@@ -81,6 +83,7 @@ def test_demo_keeps_its_threads(tmp_path):
         assert threads[rule] == {2}, rule
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize("configs", [[SMOKE], [BENCHMARK]], ids=["smoke", "benchmark"])
 def test_workflow_resources_are_the_cost_models(tmp_path, configs):
     """Every compute job's runtime and mem_mb, as the workflow gives them (common.smk builds the
@@ -184,6 +187,7 @@ def test_max_pairs_bounds_the_live_text(benchmark):
         unbounded.work(job)) / 10
 
 
+@pytest.mark.dryrun
 def test_doubling_seeds_doubles_the_runs_hours(tmp_path):
     """Seeds multiply every run's jobs (draws, training, stores, DiTs, evaluations) but not the
     test-split features or zero-shot CLIP."""
@@ -261,6 +265,7 @@ def test_throughput_file_round_trips(tmp_path):
         Throughputs.load(path)
 
 
+@pytest.mark.dryrun
 def test_plan_cost_prints_the_table_from_a_throughput_file(tmp_path, capsys):
     path = tmp_path / "throughputs.json"
     throughputs([SMOKE]).save(path)
@@ -292,6 +297,7 @@ def test_measure_only_writes_a_throughput_file(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.dryrun
 def test_slurm_profile_sizes_each_job(tmp_path):
     """The benchmark through the SLURM profile: a job's runtime and mem_mb grow with its dataset
     (ImageNet's jobs ask for more than EuroSAT's), no rule has one value for every job."""

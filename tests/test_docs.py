@@ -81,6 +81,10 @@ def _evaluations(folder: Path) -> list[Path]:
                 if variant != STEPS1:
                     records += [_record(mode, m, "shapes", "all", seed, t, "all", variant)
                                 for t in ("shapes", *CROSS, *DG)]
+    # the ablation chooses on validation: each trained run's own test record again as "val"
+    records += [{**r, "split": "val", "classes": r["train_classes"]} for r in records
+                if r["mode"] != "zeroshot" and r["target"] == r["train_dataset"]
+                and r["split"] == r["train_classes"]]
     paths = []
     for i, rec in enumerate(records):  # one bundle each: the report reads any grouping
         path = folder / f"eval{i}.json"
@@ -93,7 +97,7 @@ def _evaluations(folder: Path) -> list[Path]:
 def summary_path(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("docs_report")
     (tmp / "evals").mkdir()
-    make_report(_evaluations(tmp / "evals"), PARAMS, tmp / "report")
+    make_report(inputs=_evaluations(tmp / "evals"), params=PARAMS, out_dir=tmp / "report")
     return tmp / "report" / "summary.json"
 
 
@@ -180,11 +184,11 @@ def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, t
 def test_a_transfer_only_report_is_judged_on_its_transfer_average(tmp_path):
     (tmp_path / "evals").mkdir()
     params = {"protocols": {"cross_dataset": PARAMS["protocols"]["cross_dataset"]},
-              "methods": ["coop"], "seeds": [1]}
+              "methods": ["coop"], "seeds": [1], "presets": PARAMS["presets"]}
     inputs = [p for p in _evaluations(tmp_path / "evals")
               if json.loads(p.read_text())["evaluations"][0]["target"] in ("shapes", *CROSS)
               and json.loads(p.read_text())["evaluations"][0]["split"] == "all"]
-    make_report(inputs, params, tmp_path / "report")
+    make_report(inputs=inputs, params=params, out_dir=tmp_path / "report")
     out = tmp_path / "results.md"
     write_docs(tmp_path / "report" / "summary.json", out, label="a transfer study")
     text = out.read_text()

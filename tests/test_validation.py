@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pdiff.cli import main
 from pdiff.errors import PdiffError
 from pdiff.report import make_report
 from pdiff.report.ablation import best_settings
-from tests.conftest import dataset_spec
+from tests.helpers import (
+    SMOKE,
+    dataset_spec,
+    job_counts,
+    load,
+    shell_commands,
+    snakemake,
+    write_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +125,7 @@ def _ablation(out: Path) -> dict[str, dict[str, str]]:
 
 def test_the_choice_follows_validation_when_test_disagrees(tmp_path):
     out = tmp_path / "report"
-    make_report(write_records(tmp_path), PARAMS, out)
+    make_report(inputs=write_records(tmp_path), params=PARAMS, out_dir=out)
     rows = _ablation(out)
     # test prefers overfit steps=10 on every measure; validation prefers sampling steps=1
     for measure in ("hm", "cross_dataset", "domain_generalization", "mean"):
@@ -168,7 +170,7 @@ def test_choosing_seeds_are_left_out_of_the_reported_means(tmp_path):
     paths = write_records(tmp_path, test_seed={1: 0.0},
                           val_shift_of=lambda s: VAL_SHIFT if s == 1 else flipped)
     out = tmp_path / "report"
-    make_report(paths, {**PARAMS, "choose_seeds": [1]}, out)
+    make_report(inputs=paths, params={**PARAMS, "choose_seeds": [1]}, out_dir=out)
     rows = _ablation(out)
     # CoOp baseline base on shapes: 70 + seed - 3 over seeds 2, 3 (icons: 60 + seed - 3)
     assert float(rows["–"]["base"]) == pytest.approx(((69 + 70) / 2 + (59 + 60) / 2) / 2)
@@ -188,25 +190,28 @@ def test_choosing_seeds_are_left_out_of_the_reported_means(tmp_path):
 
 def test_only_the_choosing_seeds_need_validation(tmp_path):
     paths = write_records(tmp_path, val_seeds=(1,))
-    make_report(paths, {**PARAMS, "choose_seeds": [1]}, tmp_path / "ok")
+    make_report(inputs=paths, params={**PARAMS, "choose_seeds": [1]}, out_dir=tmp_path / "ok")
     with pytest.raises(PdiffError, match=r"on shapes/val .*eval/val/"):
-        make_report(paths, PARAMS, tmp_path / "every_seed_chooses")
+        make_report(inputs=paths, params=PARAMS, out_dir=tmp_path / "every_seed_chooses")
 
 
 @pytest.mark.parametrize("choose", [[4], [1, 2, 3]])
 def test_choosing_seeds_must_leave_a_seed_to_report(tmp_path, choose):
     with pytest.raises(PdiffError, match="choose_seeds"):
-        make_report(write_records(tmp_path), {**PARAMS, "choose_seeds": choose}, tmp_path / "r")
+        make_report(inputs=write_records(tmp_path), params={**PARAMS, "choose_seeds": choose},
+                    out_dir=tmp_path / "r")
 
 
 def test_validation_records_reach_no_protocol_table_or_diagnosis(tmp_path):
     paths = write_records(tmp_path)
     test_only = [p for p in paths if not p.name.startswith("val_")]
     with_val, without = tmp_path / "with", tmp_path / "without"
-    make_report(paths, PARAMS, with_val)
+    make_report(inputs=paths, params=PARAMS, out_dir=with_val)
     # the same report less the ablation's choice: test-only inputs, no settings beyond default
-    make_report([p for p in test_only if "steps" not in p.name], PARAMS, without)
-    make_report([p for p in paths if "steps" not in p.name], PARAMS, tmp_path / "val_no_abl")
+    make_report(inputs=[p for p in test_only if "steps" not in p.name], params=PARAMS,
+                out_dir=without)
+    make_report(inputs=[p for p in paths if "steps" not in p.name], params=PARAMS,
+                out_dir=tmp_path / "val_no_abl")
     for name in ("base2new.csv", "cross_dataset.csv", "domain_generalization.csv",
                  "diagnosis.csv"):
         assert (with_val / name).read_text() == (without / name).read_text(), name
@@ -263,7 +268,8 @@ def _val_set(run: Path, features: bool = True, **extra) -> dict:
 
 def _evaluate(run: Path, world: str, backbone_spec: dict, mode: str, sets: list[dict],
               out: Path) -> list[dict]:
-    extra = ["--dit", str(run / "dit.safetensors")] if mode == "diffusion" else []
+    extra = (["--dit", str(run / "dit.safetensors"), "--store", str(run / "store.h5")]
+             if mode == "diffusion" else [])
     assert _run("evaluate", "--mode", mode, "--prompt", str(run / "prompt.safetensors"),
                 *extra, "--backbone", json.dumps(backbone_spec), "--data-root", world,
                 "--sets", json.dumps(sets), "--params", json.dumps(EVAL), "--seed", "1",
@@ -316,60 +322,26 @@ def test_a_validation_set_names_its_draw_and_classes(val_run, world, backbone_sp
 
 ABLATION = {"overfit": [{"steps": 3}], "diffusion": [{"objective": "vp"}],
             "sampling": [{"steps": 2}]}
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-
-
 def _smoke(**changes) -> dict:
-    cfg = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    return {**cfg, **changes}
-
-
-def _snakemake(tmp_path: Path, cfg: dict | list[Path], *args: str
-               ) -> subprocess.CompletedProcess:
-    """Snakemake on the repo's Snakefile, working in `tmp_path` (never the repo's results/),
-    on `cfg` (written to a file) or on config files merged in order, as overlays are."""
-    configs = cfg
-    if isinstance(cfg, dict):
-        configs = [tmp_path / "val.yaml"]
-        configs[0].write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", *map(str, configs), "--workflow-profile", "none", *args],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
-        timeout=600)
-
-
-def _job_counts(out: str) -> dict[str, int]:
-    """The first 'Job stats' table of a dry run: rule -> count."""
-    lines = out.splitlines()
-    counts: dict[str, int] = {}
-    for line in lines[lines.index("Job stats:") + 1 :] if "Job stats:" in lines else []:
-        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if m and m.group(1) == "total":
-            break
-        if m:
-            counts[m.group(1)] = int(m.group(2))
-    return counts
+    return {**load(SMOKE), **changes}
 
 
 def _plan(tmp_path: Path, cfg: dict | list[Path], *targets: str) -> tuple[dict[str, int], str]:
-    res = _snakemake(tmp_path, cfg, "-n", "-p", *targets)
+    """A dry run (with shell commands) of `cfg` (written to a file) or of config files merged in
+    order, working in `tmp_path`."""
+    configs = [write_config(tmp_path, cfg, "val.yaml")] if isinstance(cfg, dict) else cfg
+    res = snakemake(tmp_path, "-n", "-p", *targets, configfile=configs)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    return _job_counts(out), out
+    return job_counts(out), out
 
 
 def _commands(out: str, sub: str) -> list[list[str]]:
     """The planned `pdiff <sub>` command lines, split (redirections dropped)."""
-    cmds = []
-    for line in out.splitlines():
-        if line.startswith("Shell command: pdiff "):
-            argv = shlex.split(line[len("Shell command: ") :].rsplit(" > ", 1)[0])
-            if argv[1] == sub:
-                cmds.append(argv)
-    return cmds
+    return [argv for argv in shell_commands(out) if argv[:2] == ["pdiff", sub]]
 
 
+@pytest.mark.dryrun
 def test_validation_evaluations_are_planned_and_retrain_nothing(tmp_path):
     cfg = _smoke(seeds=[1, 2], ablation={**ABLATION, "choose_seeds": [1]})
     counts, out = _plan(tmp_path, cfg)
@@ -404,9 +376,11 @@ def test_validation_evaluations_are_planned_and_retrain_nothing(tmp_path):
                 "val", run[i + 1], run[i + 3])
             assert entry["fewshot"].endswith(f"{run[i + 1]}/shots4_{run[i + 4]}.json")
             assert entry["features"].endswith(f"{run[i + 1]}/shots4_{run[i + 4]}.h5")
-            assert args.store is None and args.max_images is None
+            assert args.max_images is None
+            assert args.store is None or args.store.endswith("/store.h5")
 
 
+@pytest.mark.dryrun
 def test_transfer_ablation_validates_the_source_run(tmp_path):
     every = ["base2new", "cross_dataset", "domain_generalization"]
     counts, out = _plan(tmp_path, _smoke(ablation={**ABLATION, "protocols": every}))
@@ -418,6 +392,7 @@ def test_transfer_ablation_validates_the_source_run(tmp_path):
     assert len(source) == 1 + 4
 
 
+@pytest.mark.dryrun
 def test_without_an_ablation_nothing_is_validated(tmp_path):
     counts, out = _plan(tmp_path, _smoke())
     assert "evaluate_val_baseline" not in counts and "evaluate_val_diffusion" not in counts
@@ -426,13 +401,16 @@ def test_without_an_ablation_nothing_is_validated(tmp_path):
     assert not any("/eval/val/" in a for a in report)
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize("choose", [[3], [1]])
 def test_bad_choosing_seeds_are_refused_before_any_job(tmp_path, choose):
-    res = _snakemake(tmp_path, _smoke(ablation={**ABLATION, "choose_seeds": choose}), "-n")
+    cfg = write_config(tmp_path, _smoke(ablation={**ABLATION, "choose_seeds": choose}))
+    res = snakemake(tmp_path, "-n", configfile=cfg)
     assert res.returncode != 0
     assert "ablation.choose_seeds" in res.stdout + res.stderr
 
 
+@pytest.mark.dryrun
 def test_shipped_ablation_config_plans_validation_of_every_setting(tmp_path):
     counts, _ = _plan(tmp_path, [REPO / "config" / "config.yaml",
                                  REPO / "config" / "ablation.yaml"])

@@ -83,7 +83,7 @@ def check_params(params: dict) -> tuple[dict, list[str], list[int], bool]:
     return protocols, list(params["methods"]), list(seeds), bool(params.get("reference", False))
 
 
-def make_report(inputs: list[Path], params: dict, out_dir: Path,
+def make_report(*, inputs: list[Path], params: dict, out_dir: Path,
                 diagnostics: list[Path] | None = None) -> None:
     """Write the protocol tables, figures and summary.json under `out_dir`.
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
-from pdiff.report.ablation import HEADLINE, best_settings
+from pdiff.report.ablation import HEADLINE, VAL_NAMES
 from pdiff.report.output import fmt, fmt_signed, md_table, write_text
 from pdiff.report.protocols import METHOD_NAMES, PROTOCOL_TITLES, TRANSFER
 from pdiff.report.records import mean, se
@@ -314,7 +314,6 @@ def _transfer(summary: dict, protocol: str) -> list[str]:
 def _ablation(summary: dict) -> list[str]:
     rows = summary["ablation"]
     columns = [k for k in ("base", "new", *HEADLINE.values()) if k in rows[0]]
-    headline = [k for k in HEADLINE.values() if k in rows[0]]
     names = {"hm": "HM", "mean": "Mean of the protocols"}
     table = md_table(
         ["Method", "Setting", *(names.get(c, c.replace("_", " ").capitalize()) for c in columns),
@@ -322,10 +321,14 @@ def _ablation(summary: dict) -> list[str]:
         [[r["label"], r["setting"], *(fmt(r[c], r.get(f"{c}_se")) for c in columns),
           fmt(1e3 * r["seconds_per_image"]), fmt(r["nfe"]), fmt(r["ece"]), fmt(r["memorisation"])]
          for r in rows])
-    best = md_table(["Method", "Measure", "Best setting", "Prompt diffusion", "Host", "Δ"], [
-        [b["label"], names.get(b["metric"], b["metric"].replace("_", " ")), b["setting"],
-         fmt(b["value"], b["se"]), fmt(b["host"]), f"{b['value'] - b['host']:+.2f}"]
-        for metric in headline for b in best_settings(rows, metric)])
+    choice = summary.get("ablation_choice", {})
+    best = md_table(
+        ["Method", "Measure", "Chosen on", "Best setting", "Validation", "Test", "Host (test)",
+         "Δ test"],
+        [[b["label"], names.get(b["metric"], b["metric"].replace("_", " ")),
+          VAL_NAMES[b["chosen_on"]], b["setting"], fmt(b["val"], b["val_se"]),
+          fmt(b["value"], b["se"]), fmt(b["host"]), f"{b['value'] - b['host']:+.2f}"]
+         for b in choice.get("best", [])])
     return [
         "## Ablation settings\n",
         "Each setting changes one stage of prompt diffusion (overfit, diffusion or sampling) "
@@ -335,6 +338,8 @@ def _ablation(summary: dict) -> list[str]:
         "nearest-neighbour distance (0 = copies).\n",
         table,
         "### Best setting per method\n",
+        f"{choice.get('note', '')} Per method and measure, the setting with the highest "
+        "validation accuracy; the test number beside it chose nothing.\n",
         best,
     ]
 

@@ -518,9 +518,9 @@ def compute_params():
 #   check_data         check_data.py, data/catalogue.py, data/readers.py
 #   fewshot            data/fewshot.py, data/catalogue.py, data/readers.py (readers decide
 #                      the draw)
-#   train              train.py, the method's modules    its model and loss (method_modules)
+#   train              host_prompt.py, the method's modules  its model and loss (method_modules)
 #   overfit            overfit.py, store.py
-#   fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
+#   fit_diffusion      fit_dit.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
 #                      objective, normaliser, trainer, DiffusionConfig's defaults; the sampler
 #                      is used only by evaluation)
 #   evaluate_baseline  evaluate.py
@@ -531,9 +531,10 @@ def compute_params():
 # Each section's defaults live in its stage's modules (OverfitConfig in overfit.py, SamplingConfig
 # in diffusion/sampler.py, TrainConfig and the methods' in methods/), so they are fingerprinted
 # with it; config.py, which only reads and checks sections, is plumbing.
-# Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py, config.py,
-# resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, budget.py, data/images.py,
-# data/templates.py, the method registry methods/__init__.py). A change there would rerun the
+# Deliberately left out: the plumbing every stage shares (cli.py, stages/ (argument parsing),
+# utils.py, errors.py, config.py, resume.py, inputs.py, checkpoint.py, backbone.py,
+# prefix_sharing.py, budget.py, data/images.py, data/templates.py, the method registry
+# methods/__init__.py). A change there would rerun the
 # whole study (days on a cluster) for what is almost always a refactor, and their behaviour is
 # pinned by unit tests (e.g. prefix sharing and the truncated text encoder are exact); after a
 # change there that does alter results, force the affected rules with `snakemake -R <rule>`.
@@ -604,7 +605,7 @@ def world_fingerprint():
 
 
 def train_fingerprint(wildcards):
-    return code_fingerprint("pdiff/train.py", *method_modules(wildcards.method))
+    return code_fingerprint("pdiff/host_prompt.py", *method_modules(wildcards.method))
 
 
 def data_root(wildcards):

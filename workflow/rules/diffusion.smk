@@ -23,14 +23,14 @@ rule fit_diffusion:
         gpu=GPU,
     params:
         code=code_fingerprint(
-            "pdiff/fit_diffusion.py",
+            "pdiff/fit_dit.py",
             "pdiff/sampled_softmax.py",
             "pdiff/diffusion/__init__.py",
             "pdiff/diffusion/config.py",
             "pdiff/diffusion/dit.py",
             "pdiff/diffusion/normalise.py",
             "pdiff/diffusion/objective.py",
-            "pdiff/diffusion/train.py",
+            "pdiff/diffusion/trainer.py",
         ),
         diffusion=lambda wildcards: to_json(
             {

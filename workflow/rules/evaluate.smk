@@ -190,6 +190,7 @@ rule evaluate_val_diffusion:
         unpack(backbone_input),
         prompt=f"{RESULTS}/runs/{RUN}/prompt.safetensors",
         dit=DIT,
+        store=STORE,
         fewshot=f"{RESULTS}/fewshot/{{dataset}}/shots{SHOTS}_seed{{seed}}.json",
         features=FEWSHOT_FEATURES,
         data=lambda wildcards: dataset_input(wildcards.dataset),
@@ -227,7 +228,7 @@ rule evaluate_val_diffusion:
         data_root=data_root,
     shell:
         "pdiff evaluate --mode diffusion --prompt {input.prompt:q} --dit {input.dit:q}"
-        " --variant {params.variant:q}"
+        " --store {input.store:q} --variant {params.variant:q}"
         " --backbone {params.backbone:q} --data-root {params.data_root:q}"
         " --sets {params.sets:q} --params {params.evaluation:q}"
         " --seed {wildcards.seed} --out {output:q} --threads {threads} > {log:q} 2>&1"
