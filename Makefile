@@ -1,5 +1,8 @@
-# `make demo` runs the embedded demo pipeline end to end; `make test` runs the test suite.
-# Both create the virtual environment and install the project first (once).
+# `make demo` runs the embedded demo pipeline end to end; `make test` runs the whole test suite
+# (what CI runs, through .ci/run). `make test-quick`, for development, leaves out the slow tests,
+# those marked `workflow` (Snakemake running jobs) or `slurm` (pyproject.toml's markers); it keeps
+# the `dryrun` ones (Snakemake planning only). Pass more pytest options with ARGS="...".
+# Each creates the virtual environment and installs the project first (once).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -11,7 +14,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-slurm lint report clean
+.PHONY: install demo test test-quick test-slurm lint report docs clean
 
 $(BIN)/pdiff: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +32,16 @@ report: install
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(ARGS)
+
+test-quick: install
+	$(BIN)/pytest -q -m "not workflow and not slurm" $(ARGS)
+
+# docs/results.md and the README's results block from a report's summary.json, stamped with the
+# commit, the machine and the date. Torch-free and Snakemake-free: needs only Python.
+SUMMARY ?= results/report/summary.json
+docs:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(SUMMARY) --out docs/results.md --readme README.md
 
 # The smoke pipeline on a local single-node Slurm (root: installs slurm and munge with apt-get).
 test-slurm: install

@@ -3,10 +3,11 @@
     python benchmarks/cached_features.py [--classes 24] [--shots 16] [--batch 32] [--rounds 3]
 
 Half of every prompt-learning step is frozen: a textual method (CoOp) never changes the image
-encoder's output, and a visual method (VPT) never changes the class text features. `pdiff` computes
-those once per stage (`pdiff.inputs.load_inputs` encodes the images once; VPT encodes the class
-prompts when the class names are set). The plain path recomputes them in every step, as a naive
-implementation would: CoOp encodes its batch of images, VPT its class prompts, before each step.
+encoder's output, and a visual method (VPT) never changes the class text features. `pdiff`
+computes those once per stage (`pdiff.inputs.ImageList.features` encodes a few-shot list's images
+once, or reads the feature cache; VPT encodes the class prompts when the class names are set).
+The plain path recomputes them in every step, as a naive implementation would: CoOp encodes its
+batch of images, VPT its class prompts, before each step.
 
 One training epoch at demo sizes (24 classes x 16 shots = 384 images, batches of 32, Adam, the
 demo's method parameters) on a randomly initialised pdiff-tiny, both paths from the same prompt
@@ -39,17 +40,20 @@ PARAMS = {"coop": {"n_ctx": 16, "init": "random", "lr": 0.001, "epochs": 50},
 class CoOpPerStep(CoOp):
     """CoOp that encodes its batch's images in every step instead of using cached features."""
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.backbone.encode_images(inputs.images), self.texts(prompts["ctx"])
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone.encode_images(inputs.images), self.texts(prompts["ctx"],
+                                                                      classes=classes)
 
 
 class VPTPerStep(VPT):
     """VPT that encodes its class prompts in every step instead of using the cached table."""
 
-    def features(self, inputs: Inputs, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, inputs: Inputs, prompts: Prompts, classes: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.backbone.encode_images_prompted(inputs.images, prompts.get("vision"))
         text = template_features(self.backbone, self.classnames, [GENERIC_TEMPLATE])
-        return image, text[None]
+        return image, text[None] if classes is None else text[classes]
 
 
 def epoch(method, inputs: Inputs, labels: torch.Tensor, batch: int, lr: float, seed: int = 0

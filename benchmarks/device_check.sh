@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of the fast-path issue, in one short call (a few minutes on one GPU).
 #
-# The CPU numbers in the README's Performance section come from the same scripts with their
+# The CPU numbers in docs/performance.md come from the same scripts with their
 # defaults; this runs the two whose ratio depends on the hardware (batched overfitting, the cost
 # of prompt diffusion at evaluation) on CUDA, at the demo's sizes and on a ViT-B-16, and writes
 # everything to $OUT/device_check.txt (results/benchmarks/ when $OUT is unset).

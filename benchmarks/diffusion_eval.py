@@ -5,7 +5,8 @@
 
 Baseline evaluation applies the learned prompt to every test image; evaluation with prompt
 diffusion first generates each image's own prompt (the DiT integrates the sampling ODE, batched
-over the test images: `pdiff.evaluate.predict` with the generator of `pdiff evaluate`) and
+over the test images: the per-batch body of `pdiff.evaluate.predict` with the generator of
+`pdiff evaluate`, here over in-memory batches so that the probabilities can be compared) and
 then applies it to that image alone. Demo sizes: 384 test images, 24 classes, evaluation batches
 of 256, Euler with 5 steps from zero, one draw, the demo's DiT (4 layers, width 128, 4 heads) and
 method parameters, on a randomly initialised pdiff-tiny.
@@ -50,7 +51,7 @@ from _common import (
 
 from pdiff.diffusion import DiffusionModel, FlowMatching, PromptDiT, TargetNormaliser
 from pdiff.diffusion.sampler import SamplingConfig
-from pdiff.evaluate import _draws, predict
+from pdiff.evaluate import _draws
 from pdiff.methods import Inputs, PromptMethod, get_method
 
 DIT = {"width": 128, "depth": 4, "heads": 4}
@@ -68,6 +69,21 @@ def fresh_dit(method: PromptMethod, cond_dim: int, device: str) -> DiffusionMode
                                   mean=torch.zeros(shape), std=torch.ones(shape), mask=mask,
                                   target="residual", normalise="scalar")
     return DiffusionModel(net, FlowMatching(token_mask=mask), normaliser, {}, mask)
+
+
+@torch.no_grad()
+def probabilities(method: PromptMethod, inputs: Inputs, batch: int, generate=None
+                  ) -> torch.Tensor:
+    """Class probabilities [N, C], batch by batch as `pdiff.evaluate.predict` computes them."""
+    out = []
+    for i in range(0, len(inputs), batch):
+        b = inputs[i : i + batch]
+        if generate is None:
+            out.append(method.logits(b, None).softmax(-1))
+        else:
+            probs, _, _ = generate(method.condition(b))
+            out.append(probs(b))
+    return torch.cat(out)
 
 
 def main() -> None:
@@ -100,12 +116,12 @@ def main() -> None:
         dm = fresh_dit(method, bb.embed_dim, args.device)
 
         def baseline(method=method, inputs=inputs) -> torch.Tensor:
-            return predict(method, inputs, args.batch)[0]
+            return probabilities(method, inputs, args.batch)
 
         def diffusion(method=method, inputs=inputs, dm=dm) -> torch.Tensor:
             gen = torch.Generator().manual_seed(0)
-            generate = _draws(method, dm, method.layout, sampling, gen, keep=[])
-            return predict(method, inputs, args.batch, generate)[0]
+            generate = _draws(method, dm, method.layout, sampling, gen)
+            return probabilities(method, inputs, args.batch, generate)
 
         def dit_only(dm=dm) -> torch.Tensor:
             return torch.cat([dm.generate(c, solver=args.solver, steps=args.steps)[0]

@@ -29,7 +29,7 @@ from _common import check_same, setup, table
 from pdiff.backbone import load_backbone
 from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.diffusion import fit_diffusion
-from pdiff.fit_diffusion import classification_loss
+from pdiff.fit_dit import classification_loss
 from pdiff.methods import Inputs, get_method
 from pdiff.methods.text import template_features
 from pdiff.sampled_softmax import draw_classes, sampled_cross_entropy

@@ -18,10 +18,12 @@ costs 0.16 MiB at its peak.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from pdiff.errors import PdiffError
+
+if TYPE_CHECKING:  # torch only where a function needs it: the cost model reads the default
+    import torch
 
 DEFAULT_MAX_PAIRS = 4096
 
@@ -45,6 +47,8 @@ def length_chunks(lengths: torch.Tensor, limit: int) -> Iterator[tuple[int, torc
     Grouping by length lets each sequence be cut after its own end-of-text (exact for CLIP's
     causal, end-of-text-pooled text tower) instead of padding all to the longest.
     """
+    import torch
+
     values, counts = torch.unique(lengths, sorted=True, return_counts=True)
     order = torch.argsort(lengths, stable=True)
     for value, group in zip(values.tolist(), order.split(counts.tolist()), strict=True):

@@ -113,7 +113,7 @@ def check_dataset(data_root: Path, spec: DatasetSpec, sample: int = 10) -> dict[
 
 
 def check_data(
-    data_root: str | os.PathLike, datasets: Any, sample: int = 10
+    *, data_root: str | os.PathLike, datasets: Any, sample: int = 10
 ) -> dict[str, Any]:
     """Check every dataset in ``datasets`` (see :func:`dataset_specs`) under ``data_root``."""
     root = Path(data_root).expanduser()

@@ -20,10 +20,19 @@ from pdiff.backbone import load_backbone
 from pdiff.budget import max_pairs
 from pdiff.checkpoint import load_prompt
 from pdiff.config import Config
-from pdiff.data import DatasetSpec, class_subset, limited, read_split, subsample_classes
+from pdiff.data import (
+    DatasetSpec,
+    Datum,
+    class_subset,
+    fewshot_data,
+    limited,
+    load_fewshot,
+    read_split,
+    subsample_classes,
+)
 from pdiff.diagnose import memorisation
 from pdiff.diffusion.sampler import SamplingConfig
-from pdiff.diffusion.train import load_diffusion
+from pdiff.diffusion.trainer import load_diffusion
 from pdiff.errors import PdiffError
 from pdiff.inputs import ImageList, image_list
 from pdiff.methods import Inputs, PromptMethod, get_method
@@ -34,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MODES = ("zeroshot", "baseline", "diffusion")
 MEMORISATION_CAP = 2000
+#: The --sets split of a run's few-shot validation images (CoOp: min(K, 4) per class, drawn from
+#: the dataset's `val` split with the training images); "base" | "new" | "all" are test subsets.
+VAL = "val"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +106,7 @@ def predict(method: PromptMethod, images: ImageList, batch_size: int, generate=N
     return out
 
 
-def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
+def evaluate(*, mode: str, backbone_spec: dict, data_root: str, sets: list[dict], params: dict,
              seed: int, out: str, prompt: str | None = None, dit: str | None = None,
              store: str | None = None, variant: dict | None = None,
              features: dict[str, str] | None = None, workers: int = 0,
@@ -103,7 +115,9 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
 
     One job per trained run loads the backbone, the prompt and the DiT once; each set still gets
     its own full-precision record, and the bundle is written only when all sets are done.
-    `features` maps a dataset's name to its test split's feature cache.
+    `features` maps a dataset's name to its test split's feature cache. A validation set
+    (split "val") names its run's classes, few-shot draw and, optionally, the draw's feature
+    cache itself: {"dataset", "split": "val", "classes": "base"|"all", "fewshot", "features"}.
     """
     features = features or {}
     if mode not in MODES:
@@ -124,9 +138,9 @@ def evaluate(mode: str, backbone_spec: dict, data_root: str, sets: list[dict], p
         stored = torch.from_numpy(read_store_rows(
             store, "prompts", lambda n: _subsample(n, seed), expect_method=meta["method"],
             expect_backbone=backbone.identity))
-    records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s["dataset"],
-                             s["split"], params, seed, stored, features.get(s["dataset"]["name"]),
-                             workers, max_images) for s in sets]
+    records = [_evaluate_set(mode, backbone, method, meta, dm, data_root, s, params, seed,
+                             stored, features.get(s["dataset"]["name"]), workers, max_images)
+               for s in sets]
     if variant:  # the settings of an ablation (overfit, diffusion, sampling variant names)
         records = [{**r, "variant": variant} for r in records]
     write_json(out, {"evaluations": records})
@@ -142,20 +156,48 @@ def _subsample(n: int, seed: int, cap: int = MEMORISATION_CAP) -> np.ndarray:
     return torch.randperm(n, generator=g)[:cap].sort().values.numpy()
 
 
+def _set_images(data_root: str, spec: DatasetSpec, entry: dict, max_images: int | None
+                ) -> tuple[list[Datum], list[str]]:
+    """The images and class names (relabelled order) of one --sets entry: a class subset of the
+    test split (at most `max_images` before the subset), or a run's few-shot validation images
+    in its classes (already capped by the draw's own `limit`)."""
+    splits = read_split(data_root, spec, with_train=False)
+    if entry["split"] != VAL:
+        (test,) = subsample_classes(limited(splits.test, max_images), subsample=entry["split"])
+        return test, class_subset(splits.classnames, entry["split"])
+    classes, fewshot = entry.get("classes"), entry.get("fewshot")
+    if classes not in ("base", "all") or not isinstance(fewshot, str):
+        raise PdiffError(f'--sets: a "val" set of {spec.name} needs "classes" (base or all: the '
+                         'run\'s classes) and "fewshot" (the run\'s draw, `pdiff fewshot`)')
+    draw = load_fewshot(fewshot)
+    if draw["dataset"] != spec.name:
+        raise PdiffError(f"--sets: few-shot draw {fewshot} is of {draw['dataset']!r}, not of "
+                         f"{spec.name!r}")
+    # CoOp relabels val with the label set of the draw's training images, as training does
+    _, val = subsample_classes(fewshot_data(draw, "train"), fewshot_data(draw, "val"),
+                               subsample=classes)
+    if not val:
+        raise PdiffError(f"--sets: few-shot draw {fewshot} has no validation images of "
+                         f"{spec.name} (its split has no `val` list)")
+    return val, class_subset(splits.classnames, classes)
+
+
 def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, dm,
-                  data_root: str, dataset: dict, split: str, params: dict, seed: int,
+                  data_root: str, entry: dict, params: dict, seed: int,
                   stored: torch.Tensor | None = None, features: str | None = None,
                   workers: int = 0, max_images: int | None = None) -> dict:
-    spec = DatasetSpec.from_dict(dataset)
-    splits = read_split(data_root, spec, with_train=False)
-    (test,) = subsample_classes(limited(splits.test, max_images), subsample=split)
-    classnames = class_subset(splits.classnames, split)
+    spec = DatasetSpec.from_dict(entry["dataset"])
+    split = entry["split"]
+    items, classnames = _set_images(data_root, spec, entry, max_images)
+    if split == VAL:  # the draw's own cache (its `val` part), not the test split's
+        features = entry.get("features")
     if method is None:  # zero-shot: the target dataset's own template
         method = get_method("zeroshot")(backbone, classnames, spec.template, {})
     else:
         method.set_classnames(classnames)
     batch_size = EvaluationConfig.from_dict(params.get("evaluation", {})).batch_size
-    images = image_list(backbone, data_root, spec, test, features, batch_size=batch_size,
+    images = image_list(backbone, data_root, spec, items, features,
+                        part="val" if split == VAL else "test", batch_size=batch_size,
                         workers=workers)
 
     generate, sampling, keep = None, None, None
@@ -189,6 +231,8 @@ def _evaluate_set(mode: str, backbone, method: PromptMethod | None, meta: dict, 
         "sampling": sampling,
         "backbone": backbone.identity,
     }
+    if split == VAL:  # which classes the validation images cover (test records: `split`)
+        metrics["classes"] = entry["classes"]
     if stored is not None:
         mask = method.layout.mask()
         metrics["memorisation"] = memorisation(torch.cat(pred.generated), stored, mask)

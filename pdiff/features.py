@@ -148,7 +148,7 @@ class FeatureFile:
         return FeatureTable(self.h5[name], self.path)
 
 
-def features_stage(backbone_spec: dict, data_root: str, dataset: dict, out: str,
+def features_stage(*, backbone_spec: dict, data_root: str, dataset: dict, out: str,
                    fewshot: str | None = None, augment: dict | None = None,
                    batch_size: int = 64, workers: int = 0, max_images: int | None = None
                    ) -> None:

@@ -112,7 +112,7 @@ def zeroshot_anchor(method: PromptMethod, weight: float
     return anchor
 
 
-def overfit(prompt: str, backbone_spec: dict, data_root: str, dataset: dict, fewshot: str,
+def overfit(*, prompt: str, backbone_spec: dict, data_root: str, dataset: dict, fewshot: str,
             params: dict, seed: int, out: str, features: str | None = None,
             workers: int = 0) -> None:
     set_seed(seed)

@@ -85,7 +85,8 @@ def zero_shot_world(model, tokenizer, spec: WorldSpec, n_per_class: int = 8, see
     return out
 
 
-def pretrain(params: dict, world: dict, model_name: str, out: Path, metrics_out: Path) -> dict:
+def pretrain(*, params: dict, world: dict, model_name: str, out: Path, metrics_out: Path
+             ) -> dict:
     """Train `model_name` from scratch; checkpoints to `out`.resume so a killed job continues."""
     register_model_configs()
     gen = set_seed(params["seed"])

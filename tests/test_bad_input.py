@@ -20,8 +20,7 @@ import h5py
 import pytest
 
 from pdiff.cli import main
-from tests.conftest import dataset_spec
-from tests.test_workflow_static import SMOKE, _set, load, snakemake, write_config
+from tests.helpers import SMOKE, dataset_spec, load, set_key, snakemake, write_config
 
 COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
         "epochs": 1}
@@ -38,6 +37,7 @@ EVAL = {"evaluation": {"batch_size": 64},
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
@@ -51,7 +51,7 @@ EVAL = {"evaluation": {"batch_size": 64},
          "epochs"],
 )
 def test_config_violation_stops_before_any_job(tmp_path, key, value, expected):
-    res = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, _set(load(SMOKE), key,
+    res = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, set_key(load(SMOKE), key,
                                                                            value)))
     out = res.stdout + res.stderr
     assert res.returncode != 0, out
@@ -153,7 +153,8 @@ CASES = {
     "missing-dit": (
         lambda run, tmp, bb, out: [
             "evaluate", "--mode", "diffusion", "--prompt", f"{run}/prompt.safetensors",
-            "--dit", str(tmp / "nope.safetensors"), "--backbone", json.dumps(bb),
+            "--dit", str(tmp / "nope.safetensors"), "--store", f"{run}/store.h5",
+            "--backbone", json.dumps(bb),
             "--data-root", str(run / "data"), "--sets",
             json.dumps([{"dataset": dataset_spec("shapes"), "split": "base"}]), "--params",
             json.dumps(EVAL), "--out", out],

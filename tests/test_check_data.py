@@ -11,7 +11,7 @@ from pdiff.check_data import PUBLISHED_COUNTS, dataset_specs
 from pdiff.cli import main
 from pdiff.data import KNOWN_DATASETS
 from pdiff.errors import PdiffError
-from tests.fixture_trees import build_tree
+from tests.helpers import build_tree
 
 NAMES = ["OxfordPets", "ImageNet", "FGVCAircraft", "ImageNetA"]
 

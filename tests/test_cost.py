@@ -16,6 +16,7 @@ import re
 
 import pytest
 
+from pdiff.budget import DEFAULT_MAX_PAIRS
 from pdiff.cli import main
 from pdiff.cost.model import (
     METHOD_COST,
@@ -32,7 +33,7 @@ from pdiff.methods import METHODS
 from pdiff.methods.text import ClassTexts, ContextMethod
 from pdiff.plan.config import load_config
 from pdiff.plan.paths import Paths
-from tests.test_workflow_static import (
+from tests.helpers import (
     BENCHMARK,
     DEMO,
     REPO,
@@ -59,6 +60,7 @@ def throughputs(configs) -> Throughputs:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize("configs", [[DEMO], [BENCHMARK]], ids=["demo", "benchmark"])
 def test_plan_has_the_dry_runs_jobs_per_rule(tmp_path, configs):
     counts, _ = plan(tmp_path, configs)
@@ -68,6 +70,7 @@ def test_plan_has_the_dry_runs_jobs_per_rule(tmp_path, configs):
     assert all(r.seconds > 0 for r in result.rules if r.rule in COMPUTE)
 
 
+@pytest.mark.dryrun
 def test_demo_keeps_its_threads(tmp_path):
     """On a CPU (`gpu: 0`) every rule keeps its own threads: one for the small-model rules,
     two for the image-reading features and overfitting."""
@@ -82,6 +85,7 @@ def test_demo_keeps_its_threads(tmp_path):
         assert threads[rule] == {2}, rule
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize("configs", [[SMOKE], [BENCHMARK]], ids=["smoke", "benchmark"])
 def test_workflow_resources_are_the_cost_models(tmp_path, configs):
     """Every compute job's runtime and mem_mb, as the workflow gives them (pdiff.plan builds the
@@ -173,15 +177,19 @@ def test_counts_scale_with_the_config(benchmark):
 
 
 def test_max_pairs_bounds_the_live_text(benchmark):
-    """compute.max_pairs chunks a step's (image, class) texts: the peak falls, the work not."""
+    """compute.max_pairs chunks a step's (image, class) texts: the peak falls, the work not;
+    a config that leaves it out is planned under pdiff's default, as its jobs run."""
+    assert benchmark.max_pairs == DEFAULT_MAX_PAIRS
     job = _job("overfit", stage={"steps": 5, "batch_size": 64})
-    chunked = dataclasses.replace(benchmark, max_pairs=4096)
-    assert chunked.work(job).text_train == benchmark.work(job).text_train
-    assert chunked.work(job).step_text_train * 64 * 1000 == pytest.approx(
-        benchmark.work(job).step_text_train * 4096)
-    assert chunked.peak_bytes(chunked.work(job)) < benchmark.peak_bytes(benchmark.work(job)) / 10
+    unbounded = dataclasses.replace(benchmark, max_pairs=None)
+    assert unbounded.work(job).text_train == benchmark.work(job).text_train
+    assert benchmark.work(job).step_text_train * 64 * 1000 == pytest.approx(
+        unbounded.work(job).step_text_train * DEFAULT_MAX_PAIRS)
+    assert benchmark.peak_bytes(benchmark.work(job)) < unbounded.peak_bytes(
+        unbounded.work(job)) / 10
 
 
+@pytest.mark.dryrun
 def test_doubling_seeds_doubles_the_runs_hours(tmp_path):
     """Seeds multiply every run's jobs (draws, training, stores, DiTs, evaluations) but not the
     test-split features or zero-shot CLIP."""
@@ -259,6 +267,7 @@ def test_throughput_file_round_trips(tmp_path):
         Throughputs.load(path)
 
 
+@pytest.mark.dryrun
 def test_plan_cost_prints_the_table_from_a_throughput_file(tmp_path, capsys):
     path = tmp_path / "throughputs.json"
     throughputs([SMOKE]).save(path)
@@ -290,6 +299,7 @@ def test_measure_only_writes_a_throughput_file(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.dryrun
 def test_slurm_profile_sizes_each_job(tmp_path):
     """The benchmark through the SLURM profile: a job's runtime and mem_mb grow with its dataset
     (ImageNet's jobs ask for more than EuroSAT's), no rule has one value for every job."""

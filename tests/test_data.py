@@ -28,7 +28,7 @@ from pdiff.data import (
 )
 from pdiff.data.images import image_loader
 from pdiff.errors import PdiffError
-from tests.fixture_trees import VARIED, save_varied
+from tests.helpers import VARIED, dassl_reference, save_varied
 
 CLASSES = ["cat", "dog", "fox", "owl", "yak"]  # odd count on purpose (base 3 / new 2)
 SPEC = {"name": "Toy", "folder": "toy", "split_file": "split_zhou_Toy.json", "image_dir": "images"}
@@ -125,17 +125,6 @@ def test_bad_split_file(root, content, match):
 
 
 # --- few-shot -------------------------------------------------------------------------------
-
-
-def dassl_reference(data: list[Datum], k: int) -> list[Datum]:
-    """Dassl's generate_fewshot_dataset(repeat=False) written out, on the global `random`."""
-    tracker: dict[int, list[Datum]] = {}
-    for d in data:
-        tracker.setdefault(d.label, []).append(d)
-    out: list[Datum] = []
-    for items in tracker.values():
-        out.extend(random.sample(items, k) if len(items) >= k else items)
-    return out
 
 
 def test_fewshot_counts_and_reference(splits):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pdiff.store import read_store
-from tests.conftest import run_smoke
+from tests.helpers import run_smoke
 
 workflow = pytest.mark.workflow
 

@@ -14,7 +14,7 @@ from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, read_split
 from pdiff.errors import PdiffError
 from pdiff.inputs import image_list
 from pdiff.methods import get_method
-from tests.conftest import dataset_spec
+from tests.helpers import dataset_spec, write_checkpoint
 
 SPEC = dataset_spec("shapes")
 
@@ -121,7 +121,6 @@ def test_evaluation_reads_the_cache_to_the_same_numbers(caches, world, backbone_
 
 def test_a_cache_of_another_backbone_is_refused(caches, world, tmp_path):
     from pdiff.backbone import load_backbone
-    from tests.conftest import write_checkpoint
 
     other = load_backbone({"model": "pdiff-tiny", "pretrained": write_checkpoint(tmp_path, 1)})
     spec = DatasetSpec.from_dict(SPEC)

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 from pdiff.checkpoint import load_prompt, save_prompt
 from pdiff.data.templates import GENERIC_TEMPLATE
+from pdiff.host_prompt import fit_prompt
 from pdiff.methods import METHODS, Inputs, get_method
 from pdiff.methods.packing import PromptLayout
 from pdiff.methods.text import ClassTexts
 from pdiff.overfit import overfit_batch, zeroshot_anchor
-from pdiff.train import fit_prompt
 
 CLASSES = ["red circle", "blue square", "green triangle"]
 LABELS = torch.tensor([0, 1, 2, 0, 1])

@@ -1,32 +1,35 @@
 """The workflow's plan (pdiff/plan/) without Snakemake: built from the repo's configs and
-overlays as the workflow builds it, its paths, settings, recipes, report inputs and checks.
-The dry runs in tests/test_workflow_static.py check that the rules use it."""
+overlays as the workflow builds it, its paths, settings, recipes, report inputs, validation
+evaluations and checks; and that the rules spell no path of their own. The dry runs in
+tests/test_workflow_static.py and tests/test_validation.py check that the rules use it."""
 
 from __future__ import annotations
 
 import copy
+import io
 import json
-from pathlib import Path
+import re
+import tokenize
 from types import SimpleNamespace
 
 import pytest
 
 from pdiff.plan.config import ConfigError, load_config
-from pdiff.plan.fingerprints import Fingerprints
-from pdiff.plan.names import DEFAULT, PROTOCOLS, STAGES
+from pdiff.plan.fingerprints import RULE_MODULES, WORLD_MODULES, Fingerprints
+from pdiff.plan.names import DEFAULT, PROTOCOLS, STAGES, VAL
 from pdiff.plan.paths import RUN, is_tag
 from pdiff.plan.study import Plan, alternation
+from tests.helpers import REPO, set_key
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
 
 
-def plan(*overlays: str, change=None) -> Plan:
+def plan(*overlays: str, changes: dict | None = None) -> Plan:
     """The plan of config/config.yaml with `overlays` (file names under config/) merged over
-    it, then `change(cfg)` applied."""
+    it, then `changes` (dotted key -> value) set."""
     cfg = load_config([CONFIG / name for name in overlays])
-    if change is not None:
-        change(cfg)
+    for key, value in (changes or {}).items():
+        cfg = set_key(cfg, key, value)
     return Plan(cfg, REPO)
 
 
@@ -63,6 +66,9 @@ def test_paths_are_patterns_that_format_to_the_concrete_path(demo):
         (paths.evaluation(), paths.evaluation(*run)),
         (paths.evaluation(mode="diffusion"),
          paths.evaluation(*run, mode="diffusion", combo=("a", "b", "c"))),
+        (paths.evaluation(val=True), paths.evaluation(*run, val=True)),
+        (paths.evaluation(mode="diffusion", val=True),
+         paths.evaluation(*run, mode="diffusion", combo=("a", "b", "c"), val=True)),
         (paths.fewshot(), paths.fewshot("shapes", 1)),
         (paths.fewshot(shots="{shots}"), paths.fewshot("shapes", 1)),
         (paths.fewshot_features(), paths.fewshot_features("shapes", 1)),
@@ -75,6 +81,10 @@ def test_paths_are_patterns_that_format_to_the_concrete_path(demo):
         assert pattern.format(**wildcards, shots=16) == concrete, pattern
     assert paths.default_dit_diagnostics(*run) == paths.dit(*run, ov=DEFAULT, dv=DEFAULT,
                                                             ext="json")
+    # a run's validation evaluations sit beside its test ones, in the same layout
+    assert paths.evaluation(*run, val=True) == f"{paths.run(*run)}/eval/val/baseline.json"
+    assert paths.evaluation(*run, mode="diffusion", combo=("a", "b", "c"), val=True) == (
+        f"{paths.run(*run)}/eval/val/diffusion/a/b/c.json")
 
 
 def test_backbone_weights_follow_pretrained(demo, benchmark):
@@ -113,11 +123,10 @@ def test_maple_imagenet_all_classes_gets_the_transfer_recipe(benchmark):
 
 
 def test_per_dataset_overrides_apply_after_the_protocol():
-    def change(cfg):
-        cfg["method_params"]["coop"]["per_protocol"] = {"base2new": {"epochs": 3, "lr": 0.1}}
-        cfg["method_params"]["coop"]["per_dataset"] = {"shapes": {"epochs": 7}}
-
-    p = plan(change=change)
+    p = plan(changes={
+        "method_params.coop.per_protocol": {"base2new": {"epochs": 3, "lr": 0.1}},
+        "method_params.coop.per_dataset": {"shapes": {"epochs": 7}},
+    })
     assert p.method_params("coop", "shapes", "base")["epochs"] == 7
     assert p.method_params("coop", "shapes", "base")["lr"] == 0.1
     assert p.method_params("coop", "icons", "base")["epochs"] == 3
@@ -214,6 +223,66 @@ def test_benchmark_plans_the_whole_study(benchmark):
 
 
 # ---------------------------------------------------------------------------------------------
+# Validation (issue 18): the runs an ablation choice compares, evaluated on their own draw's
+# validation split in every setting the ablation table lists
+# ---------------------------------------------------------------------------------------------
+
+
+def test_without_an_ablation_nothing_is_validated(demo):
+    assert demo.targets.validation_runs() == [] and demo.targets.validation_inputs() == []
+    assert "choose_seeds" not in demo.targets.report_params()
+
+
+def test_validation_covers_every_ablated_run_and_listed_setting():
+    p = plan("ablation.yaml")
+    t, s = p.targets, p.settings
+    assert t.validation_runs() == [(d, c) for d, c in t.runs() if s.ablated(c)]
+    assert t.validation_runs() == [("icons", "base")]
+    inputs = t.validation_inputs()
+    assert len(inputs) == len(set(inputs))
+    assert all(f"/eval/{VAL}/" in path for path in inputs)
+    for m in p.trained:
+        # the ablation's combos the method is compared under (no presets here)
+        assert s.val_combos(m) == [c for c in s.combos if s.compares(c, m)]
+    assert len(inputs) == len(p.cfg["seeds"]) * sum(1 + len(s.val_combos(m)) for m in p.trained)
+    run = ("icons", "coop", "base", 2)
+    assert p.paths.evaluation(*run, val=True) in inputs
+    assert p.paths.evaluation(*run, mode="diffusion", combo=(DEFAULT,) * 3, val=True) in inputs
+    # validation is no test evaluation: the report reads it through its own input
+    assert not set(inputs) & set(t.report_inputs())
+    assert t.report_params()["choose_seeds"] == []
+
+
+def test_only_the_choosing_seeds_are_validated():
+    every = plan("ablation.yaml").targets
+    chosen = plan("ablation.yaml", changes={"ablation.choose_seeds": [2]}).targets
+    assert every.val_seeds == [1, 2] and chosen.val_seeds == [2]
+    assert chosen.report_params()["choose_seeds"] == [2]
+    assert chosen.validation_inputs() == [p for p in every.validation_inputs() if "/seed2/" in p]
+
+
+def test_a_preset_is_validated_when_it_changes_one_stage_at_most():
+    p = plan("ablation.yaml", changes={"presets": ["paper"]})
+    s = p.settings
+    for m in p.trained:
+        combo = s.preset_combos["paper"][m]
+        one_stage = sum(name != DEFAULT for name in combo) <= 1
+        assert (combo in s.val_combos(m)) == one_stage
+        assert len(s.val_combos(m)) == len(set(s.val_combos(m)))
+
+
+def test_a_runs_validation_set_is_its_own_draw(demo):
+    (entry,) = json.loads(demo.val_sets_json("icons", "base", "1"))
+    assert entry == {
+        "dataset": {"name": "icons", **demo.cfg["datasets"]["icons"]},
+        "split": VAL,
+        "classes": "base",
+        "fewshot": demo.paths.fewshot("icons", "1"),
+        "features": demo.paths.fewshot_features("icons", "1"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Params and resources
 # ---------------------------------------------------------------------------------------------
 
@@ -265,6 +334,14 @@ def test_fingerprints_follow_the_sources(tmp_path):
         code.of("pdiff/nothing.py")
 
 
+def test_fingerprints_name_the_stage_modules():
+    for modules in [*RULE_MODULES.values(), *WORLD_MODULES.values()]:
+        for module in modules:
+            assert (REPO / module).exists(), module
+    assert RULE_MODULES["train"] == ("pdiff/host_prompt.py",)
+    assert {"pdiff/fit_dit.py", "pdiff/diffusion/trainer.py"} <= set(RULE_MODULES["fit_diffusion"])
+
+
 def test_every_rule_fingerprint_names_existing_modules(demo):
     for rule in ("pretrain", "check_data", "fewshot", "features", "overfit", "fit_diffusion",
                  "evaluate_baseline", "evaluate_diffusion", "evaluate_zeroshot", "report"):
@@ -278,53 +355,41 @@ def test_every_rule_fingerprint_names_existing_modules(demo):
 # ---------------------------------------------------------------------------------------------
 
 
-def _set(path: str, value):
-    def change(cfg):
-        *parents, leaf = path.split(".")
-        node = cfg
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-
-    return change
-
-
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("key", "value", "message"),
     [
-        (_set("protocols.base2new.datasets", ["nope"]),
+        ("protocols.base2new.datasets", ["nope"],
          "protocols.base2new.datasets names dataset 'nope'"),
-        (_set("methods", ["coop", "cocoop"]), "method_params has no 'cocoop' entry"),
-        (_set("diffusion.heads", 3), "must be divisible by diffusion.heads"),
-        (_set("protocols.domain_generalization.source", "icons"), "same source"),
-        (_set("backbone.pretrained", "random"), "not marked `rehearsal: true`"),
-        (_set("diffusion.per_method", {"vtp": {"steps": 9}}), "diffusion.per_method names 'vtp'"),
-        (_set("ablation", {"sampling": [{"stepz": 2}]}), "sets unknown key(s) ['stepz']"),
-        (_set("ablation", {"sampling": [{"steps": 2, "methods": ["cocoop"]}]}),
+        ("methods", ["coop", "cocoop"], "method_params has no 'cocoop' entry"),
+        ("diffusion.heads", 3, "must be divisible by diffusion.heads"),
+        ("protocols.domain_generalization.source", "icons", "same source"),
+        ("backbone.pretrained", "random", "not marked `rehearsal: true`"),
+        ("diffusion.per_method", {"vtp": {"steps": 9}}, "diffusion.per_method names 'vtp'"),
+        ("ablation", {"sampling": [{"stepz": 2}]}, "sets unknown key(s) ['stepz']"),
+        ("ablation", {"sampling": [{"steps": 2, "methods": ["cocoop"]}]},
          "lists methods ['cocoop']"),
-        (_set("ablation", {"sampling": [{"steps": 0}]}), "ablation.sampling entry"),
-        (_set("method_params.coop.per_dataset", {"imagenet": {"epochs": 3}}), "catalogue"),
-        (_set("method_params.maple.per_protocol", {"transfer": {"depth": -1}}),
+        ("ablation", {"sampling": [{"steps": 0}]}, "ablation.sampling entry"),
+        ("method_params.coop.per_dataset", {"imagenet": {"epochs": 3}}, "catalogue"),
+        ("method_params.maple.per_protocol", {"transfer": {"depth": -1}},
          "method_params.maple.per_protocol.transfer"),
+        ("ablation", {"choose_seeds": [4]}, "ablation.choose_seeds [4] must be some of"),
+        ("ablation", {"choose_seeds": [1]}, "leaving at least one seed to report on"),
     ],
 )
-def test_bad_configs_raise_naming_the_key(change, message):
+def test_bad_configs_raise_naming_the_key(key, value, message):
     with pytest.raises(ConfigError) as info:
-        plan(change=change)
+        plan(changes={key: value})
     assert message in str(info.value)
 
 
 def test_every_protocol_off_is_refused():
-    def change(cfg):
-        cfg["protocols"] = {}
-
     with pytest.raises(ConfigError, match="every protocol is switched off"):
-        plan(change=change)
+        plan(changes={"protocols": {}})
 
 
 def test_ablation_on_a_switched_off_protocol_is_refused():
     with pytest.raises(ConfigError, match=r"ablation.protocols lists \['cross_dataset'\]"):
-        plan("ablation.yaml", change=_set("ablation.protocols", ["cross_dataset"]))
+        plan("ablation.yaml", changes={"ablation.protocols": ["cross_dataset"]})
 
 
 def test_the_schema_is_checked_on_load(tmp_path):
@@ -340,3 +405,87 @@ def test_a_plan_leaves_the_config_it_was_given_unchanged():
     Plan(cfg, REPO)
     assert cfg == before
 
+
+# ---------------------------------------------------------------------------------------------
+# Every path is built once, in pdiff/plan/paths.py: the rules spell none
+# ---------------------------------------------------------------------------------------------
+
+RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+#: What spelling a path shows: the results folder, or a file name a job reads or writes.
+PATHLIKE = re.compile(
+    r"results|RESULTS|\.(json|h5|safetensors|tsv|log|csv|png|md|txt|pt|yaml)\b", re.I)
+#: The conda environment a rule runs in (relative to its rule file; no input or output).
+CONDA = '"../../envs/pdiff.yaml"'
+
+
+def string_literals(source: str) -> list[tuple[int, str]]:
+    """(line, source text) of every string literal in `source` (a Snakefile is Python to the
+    tokenizer), f-strings whole on any Python."""
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def at(position):
+        return offsets[position[0] - 1] + position[1]
+
+    found, start, depth = [], None, 0
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        kind = tokenize.tok_name[tok.type]
+        if kind == "STRING":
+            found.append((tok.start[0], tok.string))
+        elif kind == "FSTRING_START":  # Python 3.12+
+            depth += 1
+            start = start or tok.start
+        elif kind == "FSTRING_END":
+            depth -= 1
+            if depth == 0:
+                found.append((start[0], source[at(start):at(tok.end)]))
+                start = None
+    return found
+
+
+def spelled_paths(source: str) -> list[tuple[int, str]]:
+    """The literals of a rule file that spell a path: one naming the results folder or a file,
+    or holding a "/" outside a PATHS.log/PATHS.benchmark call (where wildcards joined by "/"
+    name the job, not a file); docstrings and the conda environment are no paths."""
+    lines = source.splitlines()
+    bad = []
+    for line, text in string_literals(source):
+        if text.startswith(('"""', "'''")) or text == CONDA:
+            continue
+        job_name = re.search(r"PATHS\.(log|benchmark)\(", lines[line - 1])
+        if PATHLIKE.search(text) or ("/" in text and not job_name):
+            bad.append((line, text))
+    return bad
+
+
+def test_the_path_check_sees_a_spelled_path():
+    assert spelled_paths('rule a:\n    output:\n        f"{RESULTS}/runs/{RUN}/x.json",\n')
+    assert spelled_paths('x = "results/report/summary.json"\n')
+    assert spelled_paths('rule a:\n    input:\n        f"{PATHS.run()}/prompt.safetensors",\n')
+    assert spelled_paths('rule a:\n    input:\n        f"{PATHS.run()}/{{ov}}",\n')
+    ok = ('rule a:\n    log:\n        PATHS.log("a", f"{RUN}/{{ov}}"),\n'
+          '    conda:\n        "../../envs/pdiff.yaml"\n'
+          '    shell:\n        "pdiff a --out {output:q} > {log:q} 2>&1"\n')
+    assert not spelled_paths(ok)
+
+
+@pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+def test_no_rule_spells_a_path(path):
+    """Every input, output, log and benchmark of a rule comes from PATHS (pdiff/plan/paths.py),
+    so a rule's output and the inputs that ask for it cannot drift apart."""
+    bad = spelled_paths(path.read_text())
+    assert not bad, f"{path.name} spells paths (build them in pdiff/plan/paths.py): {bad}"
+
+
+def test_only_paths_py_builds_the_results_folders():
+    """Inside the plan only pdiff/plan/paths.py reads `results` or names a run's folders."""
+    for module in sorted((REPO / "pdiff" / "plan").glob("*.py")):
+        if module.name == "paths.py":
+            continue
+        for line, text in string_literals(module.read_text()):
+            if text.startswith(('"""', "'''")):
+                continue
+            assert not re.search(r"results|/runs/|/eval/|/fewshot/|/features/", text), (
+                f"{module.name}:{line} {text}")

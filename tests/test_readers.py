@@ -20,8 +20,7 @@ from pdiff.data import (
 )
 from pdiff.data.readers import READERS
 from pdiff.errors import PdiffError
-from tests.fixture_trees import BUILDERS, build_tree
-from tests.test_data import dassl_reference
+from tests.helpers import BUILDERS, build_tree, dassl_reference
 
 ALL = sorted(KNOWN_DATASETS)
 TEST_ONLY = ("imagenetv2", "wnid_folders")

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from pdiff.cli import main
-from tests.conftest import CUSTOM_CLASSES, write_custom_dataset
+from tests.helpers import CUSTOM_CLASSES, write_custom_dataset
 
 BACKBONE = json.dumps({"model": "pdiff-tiny", "pretrained": "shipped"})
 METHODS = {

@@ -24,7 +24,7 @@ from pdiff.cli import build_parser, main
 from pdiff.data import KNOWN_DATASETS, load_image, read_split
 from pdiff.data.rehearsal import MARKER, write_rehearsal
 from pdiff.errors import PdiffError
-from tests.test_workflow_static import BIN, REPO, _shell_commands, plan, snakemake, write_config
+from tests.helpers import BIN, REPO, plan, shell_commands, snakemake, write_config
 
 TINY = {"seed": 0, "train_per_class": 1, "val_per_class": 1, "test_per_class": 1,
         "min_side": 16, "max_side": 64}
@@ -49,7 +49,7 @@ def _images(root: Path, name: str) -> list[Path]:
 
 def test_all_15_datasets_pass_check_data_with_their_real_class_counts(world):
     root, manifest = world
-    report = check_data(root, NAMES)
+    report = check_data(data_root=root, datasets=NAMES)
     assert report["ok"], [(r["name"], r["error"], r["missing"]) for r in report["datasets"]]
     for r in report["datasets"]:
         assert r["classes"] == PUBLISHED_COUNTS[r["name"]]["classes"], r["name"]
@@ -140,13 +140,14 @@ def test_random_weights_are_the_same_in_every_load():
         check_identity(a.identity, {**a.identity, "pretrained": "openai", "sha256": "ab"}, "x")
 
 
+@pytest.mark.dryrun
 def test_rehearsal_overlay_plans_the_benchmark_with_its_world(tmp_path):
     counts, _ = plan(tmp_path, [BENCHMARK, REHEARSAL])
     assert counts["prepare"] == 1 and counts["check_data"] == 15
     assert "fetch_weights" not in counts and counts["train"] == 6 * 12  # methods x runs
     res = snakemake(tmp_path, "-n", "-p", configfile=[BENCHMARK, REHEARSAL])
     parser = build_parser()
-    parsed = [parser.parse_args(argv[1:]) for argv in _shell_commands(res.stdout + res.stderr)]
+    parsed = [parser.parse_args(argv[1:]) for argv in shell_commands(res.stdout + res.stderr)]
     backbones = {json.dumps(a.backbone) for a in parsed if "backbone" in a}
     assert backbones == {'{"model": "ViT-S-32-alt", "pretrained": "random"}'}
     prepare = next(a for a in parsed if a.command == "prepare")
@@ -155,6 +156,7 @@ def test_rehearsal_overlay_plans_the_benchmark_with_its_world(tmp_path):
                               "max_side": 300}  # not the demo world's keys from config.yaml
 
 
+@pytest.mark.dryrun
 @pytest.mark.parametrize(
     ("overlay", "named"),
     [

@@ -114,7 +114,7 @@ def _se(values):
 @pytest.fixture
 def report(tmp_path):
     out = tmp_path / "report"
-    make_report(_write_inputs(tmp_path), PARAMS, out)
+    make_report(inputs=_write_inputs(tmp_path), params=PARAMS, out_dir=out)
     return out
 
 
@@ -225,7 +225,7 @@ def test_summary_full_precision(report):
 
 def test_reference_rows(tmp_path):
     out = tmp_path / "report"
-    make_report(_write_inputs(tmp_path), {**PARAMS, "reference": True}, out)
+    make_report(inputs=_write_inputs(tmp_path), params={**PARAMS, "reference": True}, out_dir=out)
     md = (out / "base2new.md").read_text()
     assert "| CoOp (published) | 82.69 | 63.22 | 71.66 |" in md
     assert "| PromptSRC (published) | 84.26 | 76.10 | 79.97 |" in md
@@ -239,7 +239,7 @@ def test_published_rows_of_every_protocol_name_their_source(tmp_path):
     """Beside ours, each protocol lists the published numbers of the host methods a source gave,
     with that source; a number no source gave is printed as –, never filled in."""
     out = tmp_path / "report"
-    make_report(_write_inputs(tmp_path), {**PARAMS, "reference": True}, out)
+    make_report(inputs=_write_inputs(tmp_path), params={**PARAMS, "reference": True}, out_dir=out)
     b2n = (out / "base2new.md").read_text()
     assert "- KgCoOp (published): KgCoOp (Yao et al., CVPR 2023) Table 1" in b2n
     assert "- CoOp (published): CoCoOp (Zhou et al., CVPR 2022) Table 1" in b2n
@@ -298,7 +298,8 @@ def _write_paper_inputs(tmp_path: Path) -> list[Path]:
 def test_the_paper_preset_is_a_row_of_its_own_beside_pdiff(tmp_path):
     out = tmp_path / "report"
     inputs = _write_inputs(tmp_path) + _write_paper_inputs(tmp_path)
-    make_report(inputs, {**PARAMS, "presets": {"paper": {"coop": PAPER}}}, out)
+    make_report(inputs=inputs, params={**PARAMS, "presets": {"paper": {"coop": PAPER}}},
+                out_dir=out)
     rows = _read_csv(out / "base2new.csv")
     assert list(rows) == ["zero-shot CLIP", "CoOp", "CoOp + prompt diffusion (pdiff)",
                           "CoOp + prompt diffusion (paper)"]
@@ -318,7 +319,7 @@ def test_the_paper_preset_is_a_row_of_its_own_beside_pdiff(tmp_path):
 def test_only_some_protocols(tmp_path):
     out = tmp_path / "report"
     params = {**PARAMS, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}}
-    make_report(_write_inputs(tmp_path), params, out)
+    make_report(inputs=_write_inputs(tmp_path), params=params, out_dir=out)
     assert (out / "base2new.csv").is_file()
     assert not (out / "cross_dataset.csv").exists()
     assert not (out / "figures" / "transfer.png").exists()
@@ -329,13 +330,13 @@ def test_missing_key_names_file(tmp_path):
     bad = paths[3]
     _edit_first_record(bad, lambda r: r.pop("accuracy"))
     with pytest.raises(PdiffError, match=rf"{bad.name}.*accuracy"):
-        make_report(paths, PARAMS, tmp_path / "report")
+        make_report(inputs=paths, params=PARAMS, out_dir=tmp_path / "report")
 
 
 def test_missing_file_names_file(tmp_path):
     paths = _write_inputs(tmp_path) + [tmp_path / "nowhere" / "x_all_baseline.json"]
     with pytest.raises(PdiffError, match="x_all_baseline.json does not exist; run its `pdiff"):
-        make_report(paths, PARAMS, tmp_path / "report")
+        make_report(inputs=paths, params=PARAMS, out_dir=tmp_path / "report")
 
 
 def test_unreadable_inputs_name_file_and_fix(tmp_path):
@@ -343,17 +344,17 @@ def test_unreadable_inputs_name_file_and_fix(tmp_path):
     out = tmp_path / "report"
     paths[0].write_text('{"evaluations": [')  # cut short, e.g. by a full disk
     with pytest.raises(PdiffError, match=rf"{paths[0].name} is not readable JSON .*pdiff evaluate"):
-        make_report(paths, PARAMS, out)
+        make_report(inputs=paths, params=PARAMS, out_dir=out)
     good = _write_inputs(tmp_path / "good")
     with pytest.raises(PdiffError, match="diagnostics file .*gone.json does not exist; rerun"):
-        make_report(good, PARAMS, out, [tmp_path / "gone.json"])
+        make_report(inputs=good, params=PARAMS, out_dir=out, diagnostics=[tmp_path / "gone.json"])
     assert not out.exists()  # nothing written that looks finished
 
 
 def test_missing_evaluation_is_listed(tmp_path):
     paths = _write_inputs(tmp_path, drop={("icons", "new", "diffusion", 2)})
     with pytest.raises(PdiffError, match=r"CoOp \+ prompt diffusion on icons/new"):
-        make_report(paths, PARAMS, tmp_path / "report")
+        make_report(inputs=paths, params=PARAMS, out_dir=tmp_path / "report")
 
 
 def test_duplicate_evaluation(tmp_path):
@@ -361,21 +362,21 @@ def test_duplicate_evaluation(tmp_path):
     copy = tmp_path / "copy.json"
     copy.write_text(paths[0].read_text())
     with pytest.raises(PdiffError, match="copy.json"):
-        make_report([*paths, copy], PARAMS, tmp_path / "report")
+        make_report(inputs=[*paths, copy], params=PARAMS, out_dir=tmp_path / "report")
 
 
 def test_bad_accuracy(tmp_path):
     paths = _write_inputs(tmp_path)
     _edit_first_record(paths[0], lambda r: r.update(accuracy=0.8e3))
     with pytest.raises(PdiffError, match=paths[0].name):
-        make_report(paths, PARAMS, tmp_path / "report")
+        make_report(inputs=paths, params=PARAMS, out_dir=tmp_path / "report")
 
 
 def test_empty_bundle_names_file(tmp_path):
     paths = _write_inputs(tmp_path)
     paths[0].write_text(json.dumps({"evaluations": []}))
     with pytest.raises(PdiffError, match=rf"{paths[0].name} holds no evaluations"):
-        make_report(paths, PARAMS, tmp_path / "report")
+        make_report(inputs=paths, params=PARAMS, out_dir=tmp_path / "report")
 
 
 def test_md_table_renders_by_hand():
@@ -409,15 +410,32 @@ def _variant_inputs(tmp_path: Path, variant: tuple[str, str], steps: int, shift:
     return paths
 
 
+def _val_inputs(paths: list[Path]) -> list[Path]:
+    """Validation bundles beside `paths`: each trained run's base-class (base-to-new) or source
+    (transfer) test record again as split "val", with the same accuracy, so that validation
+    and test agree here (tests/test_validation.py has them disagree)."""
+    out = []
+    for path in paths:
+        records = [{**r, "split": "val", "classes": r["train_classes"]}
+                   for r in json.loads(path.read_text())["evaluations"]
+                   if r["mode"] != "zeroshot" and r["target"] == r["train_dataset"]
+                   and r["split"] == {"base": "base", "all": "all"}[r["train_classes"]]]
+        if records:
+            out.append(path.with_name(f"val_{path.name}"))
+            out[-1].write_text(json.dumps({"evaluations": records}))
+    return out
+
+
 def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     """Evaluations in other settings (one stage changed) leave the protocol tables alone."""
     paths = _write_inputs(tmp_path)
     extra = [*_variant_inputs(tmp_path, ("sampling", "steps=1"), 1, -10.0),
              *_variant_inputs(tmp_path, ("overfit", "steps=10"), 5, 2.0)]
     out = tmp_path / "report"
-    make_report(paths + extra, PARAMS, out)
+    make_report(inputs=paths + extra + _val_inputs(paths + extra), params=PARAMS,
+                out_dir=out)
     plain = tmp_path / "plain"
-    make_report(paths, PARAMS, plain)
+    make_report(inputs=paths, params=PARAMS, out_dir=plain)
     assert (out / "base2new.csv").read_text() == (plain / "base2new.csv").read_text()
     rows = {(r["mode"], r["setting"]): r for r in csv.DictReader((out / "ablation.csv").open())}
     assert set(rows) == {("baseline", "–"), ("diffusion", "default"),
@@ -431,7 +449,9 @@ def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     best = md.split("## Best setting per method")[1]
     hm = float(rows[("diffusion", "overfit: steps=10")]["hm"])
     host = float(rows[("baseline", "–")]["hm"])
-    assert f"| overfit: steps=10 | {hm:.2f}" in best and f"{hm - host:+.2f} |" in best
+    val = float(rows[("diffusion", "overfit: steps=10")]["val_base"])
+    assert f"| overfit: steps=10 | {val:.2f} ± 1.00 | {hm:.2f}" in best
+    assert f"{hm - host:+.2f} |" in best
 
 
 def test_diagnosis_table_from_dit_diagnostics(tmp_path):
@@ -443,7 +463,7 @@ def test_diagnosis_table_from_dit_diagnostics(tmp_path):
                                     "train": {**agreement, "cosine_mean": 0.9}}))
         diags.append(path)
     out = tmp_path / "report"
-    make_report(_write_inputs(tmp_path), PARAMS, out, diags)
+    make_report(inputs=_write_inputs(tmp_path), params=PARAMS, out_dir=out, diagnostics=diags)
     (row,) = list(csv.DictReader((out / "diagnosis.csv").open()))
     assert float(row["held_out_cosine"]) == pytest.approx(0.3)
     assert float(row["held_out_cosine_se"]) == pytest.approx(0.1)
@@ -453,7 +473,8 @@ def test_diagnosis_table_from_dit_diagnostics(tmp_path):
     assert "Held-out cosine" in md and "None: every DiT reproduces its training prompts" in md
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(PdiffError, match="bad.json"):
-        make_report(_write_inputs(tmp_path), PARAMS, out, [tmp_path / "bad.json"])
+        make_report(inputs=_write_inputs(tmp_path), params=PARAMS, out_dir=out,
+                    diagnostics=[tmp_path / "bad.json"])
 
 
 def test_a_dit_that_did_not_learn_its_store_is_named(tmp_path, caplog):
@@ -466,7 +487,7 @@ def test_a_dit_that_did_not_learn_its_store_is_named(tmp_path, caplog):
                                     "train": {**agreement, "cosine_mean": seen}}))
         diags.append(path)
     out = tmp_path / "report"
-    make_report(_write_inputs(tmp_path), PARAMS, out, diags)
+    make_report(inputs=_write_inputs(tmp_path), params=PARAMS, out_dir=out, diagnostics=diags)
     section = (out / "diagnosis.md").read_text().split("## DiTs that did not learn their store")[1]
     assert str(tmp_path / "collapsed" / "dit.json") in section and "-0.27" in section
     assert str(tmp_path / "good") not in section and "Raise `diffusion.lr`" in section
@@ -481,7 +502,8 @@ def test_ablation_on_the_transfer_protocols_adds_their_columns(tmp_path):
     params = {**PARAMS, "ablation_protocols": ["base2new", "cross_dataset",
                                                "domain_generalization"]}
     out = tmp_path / "report"
-    make_report(paths + extra, params, out)
+    make_report(inputs=paths + extra + _val_inputs(paths + extra), params=params,
+                out_dir=out)
     rows = {(r["mode"], r["setting"]): r for r in csv.DictReader((out / "ablation.csv").open())}
     setting, default = rows[("diffusion", "overfit: kl_weight=0.1")], rows[("diffusion", "default")]
     for key in ("base", "new", "cross_dataset", "domain_generalization"):
@@ -489,15 +511,19 @@ def test_ablation_on_the_transfer_protocols_adds_their_columns(tmp_path):
     # cross-dataset from shapes: icons and glyphs (5th and 6th tens), +3 for diffusion, + seed
     assert float(default["cross_dataset"]) == pytest.approx((53 + 63) / 2 + 1.5)
     best = (out / "ablation.md").read_text().split("## Best setting per method")[1]
-    for measure in ("HM", "cross dataset", "domain generalization", "mean of the protocols"):
-        assert f"| {measure} | default |" in best
+    for measure, chosen_on in (("HM", "base-class"), ("cross dataset", "source"),
+                               ("domain generalization", "source"),
+                               ("mean of the protocols", "mean of the protocols'")):
+        assert f"| {measure} | {chosen_on} validation | default |" in best
     mean = (float(default["hm"]) + float(default["cross_dataset"])
             + float(default["domain_generalization"])) / 3
     assert float(default["mean"]) == pytest.approx(mean)
     # settings run on base-to-new only are missing on the transfer protocols: named, not guessed
     b2n_only = _variant_inputs(tmp_path, ("overfit", "kl_weight=0.1"), 5, -1.0)
     with pytest.raises(PdiffError, match="on glyphs/all"):
-        make_report(paths + b2n_only, params, tmp_path / "again")
+        make_report(inputs=paths + b2n_only + _val_inputs(paths + b2n_only), params=params,
+                    out_dir=tmp_path / "again")
     with pytest.raises(PdiffError, match="ablation_protocols"):
-        make_report(paths, {**params, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}},
-                    tmp_path / "bad")
+        make_report(inputs=paths,
+                    params={**params, "protocols": {"base2new": PARAMS["protocols"]["base2new"]}},
+                    out_dir=tmp_path / "bad")

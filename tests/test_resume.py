@@ -13,11 +13,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import pdiff.diffusion.train
-import pdiff.train
+import pdiff.diffusion.trainer
+import pdiff.host_prompt
 from pdiff.cli import main
 from pdiff.resume import Resume, resume_path
-from tests.conftest import dataset_spec
+from tests.helpers import dataset_spec
 
 TRAIN = {
     "coop": {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.01, "batch_size": 4,
@@ -93,11 +93,11 @@ def test_interrupted_training_resumes_to_the_same_prompt(run, world, backbone_sp
                                                          monkeypatch):
     out = run / f"{method}-resumed.safetensors"
     args = _train_args(run, world, backbone_spec, method, out)
-    _dies_at_call(monkeypatch, pdiff.train, "epoch_lr", 3)  # killed in epoch 3 of 4
+    _dies_at_call(monkeypatch, pdiff.host_prompt, "epoch_lr", 3)  # killed in epoch 3 of 4
     assert _run(*args) == 130
     assert not out.exists() and resume_path(out).exists()
     monkeypatch.undo()
-    epochs = _dies_at_call(monkeypatch, pdiff.train, "epoch_lr")
+    epochs = _dies_at_call(monkeypatch, pdiff.host_prompt, "epoch_lr")
     assert _run(*args) == 0
     assert len(epochs) == 2  # resumed: only epochs 3 and 4 ran again
     assert not resume_path(out).exists()  # removed once the prompt is written
@@ -110,11 +110,11 @@ def test_interrupted_training_resumes_to_the_same_prompt(run, world, backbone_sp
 def test_resume_file_of_other_params_is_ignored(run, world, backbone_spec, monkeypatch, caplog):
     out = run / "coop-other.safetensors"
     other = {**TRAIN["coop"], "lr": 0.05}
-    _dies_at_call(monkeypatch, pdiff.train, "epoch_lr", 3)
+    _dies_at_call(monkeypatch, pdiff.host_prompt, "epoch_lr", 3)
     assert _run(*_train_args(run, world, backbone_spec, "coop", out, other)) == 130
     assert resume_path(out).exists()
     monkeypatch.undo()
-    epochs = _dies_at_call(monkeypatch, pdiff.train, "epoch_lr")
+    epochs = _dies_at_call(monkeypatch, pdiff.host_prompt, "epoch_lr")
     with caplog.at_level(logging.WARNING, logger="pdiff.resume"):
         assert _run(*_train_args(run, world, backbone_spec, "coop", out)) == 0
     assert "other parameters or inputs" in caplog.text
@@ -130,17 +130,17 @@ def _fit_args(run, backbone_spec, out) -> list[str]:
 
 def test_interrupted_diffusion_training_resumes_to_the_same_model(run, backbone_spec,
                                                                   monkeypatch):
-    monkeypatch.setattr(pdiff.diffusion.train, "CHECKPOINT_EVERY", 3)
+    monkeypatch.setattr(pdiff.diffusion.trainer, "CHECKPOINT_EVERY", 3)
     ref, out = run / "dit.safetensors", run / "dit-resumed.safetensors"
     assert _run(*_fit_args(run, backbone_spec, ref)) == 0
     assert not resume_path(ref).exists()
     # killed at step 8 of 10: checkpointed after step 6, the steps after it are redone
-    _dies_at_call(monkeypatch, pdiff.diffusion.train._Batches, "next", 8)
+    _dies_at_call(monkeypatch, pdiff.diffusion.trainer._Batches, "next", 8)
     assert _run(*_fit_args(run, backbone_spec, out)) == 130
     assert not out.exists() and resume_path(out).exists()
     monkeypatch.undo()
-    monkeypatch.setattr(pdiff.diffusion.train, "CHECKPOINT_EVERY", 3)
-    steps = _dies_at_call(monkeypatch, pdiff.diffusion.train._Batches, "next")
+    monkeypatch.setattr(pdiff.diffusion.trainer, "CHECKPOINT_EVERY", 3)
+    steps = _dies_at_call(monkeypatch, pdiff.diffusion.trainer._Batches, "next")
     assert _run(*_fit_args(run, backbone_spec, out)) == 0
     assert len(steps) == 4  # resumed after step 6 of 10
     assert not resume_path(out).exists()

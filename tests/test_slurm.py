@@ -27,8 +27,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_workflow_run as local_run
-from tests.conftest import BIN, REPO, smoke_config
+from tests.helpers import (
+    BIN,
+    REPO,
+    check_smoke_backbone_and_stores,
+    check_smoke_metrics,
+    check_smoke_report,
+    smoke_config,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -199,9 +205,9 @@ def test_gpu_rules_get_the_gpu(slurm_smoke):
 def test_report_and_metrics_as_in_a_local_run(slurm_smoke):
     """The same checks tests/test_workflow_run.py makes on a local run of the smoke config."""
     results = slurm_smoke["results"]
-    local_run.test_report_has_every_row_in_every_protocol(results)
-    local_run.test_metrics_are_full_precision_json(results)
-    local_run.test_backbone_pretrained_by_the_dag_and_stores_written(results)
+    check_smoke_report(results)
+    check_smoke_metrics(results)
+    check_smoke_backbone_and_stores(results)
 
 
 def _outputs(results: Path) -> set[str]:

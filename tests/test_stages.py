@@ -12,7 +12,7 @@ import pdiff.overfit
 from pdiff.cli import main
 from pdiff.methods import get_method
 from pdiff.store import read_store
-from tests.conftest import dataset_spec
+from tests.helpers import dataset_spec
 
 COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
         "epochs": 2, "warmup_epochs": 1}
@@ -68,7 +68,7 @@ def test_evaluate_writes_full_metrics_per_set(run_dir, world, backbone_spec, mod
     out = run_dir / f"eval_{mode}.json"
     extra = [] if mode == "zeroshot" else ["--prompt", f"{run_dir}/prompt.safetensors"]
     if mode == "diffusion":
-        extra += ["--dit", f"{run_dir}/dit.safetensors"]
+        extra += ["--dit", f"{run_dir}/dit.safetensors", "--store", f"{run_dir}/store.h5"]
     assert _run("evaluate", "--mode", mode, *extra, "--backbone", json.dumps(backbone_spec),
                 "--data-root", world, "--sets", _sets("shapes", "base", "new", "all"),
                 "--params", json.dumps(EVAL), "--out", str(out)) == 0
@@ -104,8 +104,8 @@ def test_dit_diagnostics_on_held_out_store_rows(run_dir):
 def test_evaluation_of_a_set_does_not_depend_on_the_sets_before_it(run_dir, world,
                                                                    backbone_spec):
     args = ["evaluate", "--mode", "diffusion", "--prompt", f"{run_dir}/prompt.safetensors",
-            "--dit", f"{run_dir}/dit.safetensors", "--backbone", json.dumps(backbone_spec),
-            "--data-root", world, "--params",
+            "--dit", f"{run_dir}/dit.safetensors", "--store", f"{run_dir}/store.h5",
+            "--backbone", json.dumps(backbone_spec), "--data-root", world, "--params",
             json.dumps({**EVAL, "sampling": {**EVAL["sampling"], "start": "noise"}})]
     assert _run(*args, "--sets", _sets("shapes", "base", "new"), "--out",
                 str(run_dir / "two.json")) == 0

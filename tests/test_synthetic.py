@@ -17,7 +17,7 @@ from pdiff.data.synthetic import (
     render_batch,
     write_world,
 )
-from tests.conftest import TINY_WORLD, dataset_spec
+from tests.helpers import TINY_WORLD, dataset_spec
 
 
 def _digest(root: Path) -> str:

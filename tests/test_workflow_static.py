@@ -8,105 +8,40 @@ temporary folder (lint and snakefmt only read the repo).
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pdiff.plan.config import merge
+from tests.helpers import (
+    BENCHMARK,
+    DEMO,
+    REPO,
+    SMOKE,
+    SNAKEFMT,
+    SNAKEMAKE,
+    job_counts,
+    load,
+    plan,
+    run,
+    snakemake,
+    write_config,
+)
+from tests.helpers import set_key as _set
+from tests.helpers import shell_commands as _shell_commands
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SNAKEMAKE = str(BIN / "snakemake")
-SNAKEFMT = str(BIN / "snakefmt")
-DEMO = REPO / "config" / "config.yaml"
-SMOKE = REPO / "config" / "smoke.yaml"
-BENCHMARK = REPO / "config" / "benchmark.yaml"
+# Every test here plans with Snakemake (or only reads the workflow); those that run the smoke DAG
+# with the stub `pdiff` are marked `workflow` as well.
+pytestmark = pytest.mark.dryrun
+
 STAGES = ["data", "backbone", "prompts", "overfit", "diffusion", "evaluate", "report"]
-TIMEOUT = 600
-
-
-def _env(extra_path: Path | None = None) -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if extra_path is not None:
-        env["PATH"] = f"{extra_path}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def run(args, cwd=REPO, path=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(a) for a in args],
-        cwd=cwd,
-        env=_env(path),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def snakemake(workdir: Path, *args, configfile: Path | list[Path] = DEMO, path=None,
-              snakefile=None):
-    """Snakemake on the repo's Snakefile (or `snakefile`) with its working directory in
-    `workdir`; several config files are merged in order, as Snakemake does with overlays."""
-    return run(
-        [
-            SNAKEMAKE,
-            "--snakefile",
-            snakefile or REPO / "Snakefile",
-            "--directory",
-            workdir,
-            "--configfile",
-            *(configfile if isinstance(configfile, list) else [configfile]),
-            "--workflow-profile",
-            "none",
-            *args,
-        ],
-        path=path,
-    )
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The first 'Job stats' table of a dry run, rule -> count (empty: nothing to be done)."""
-    counts: dict[str, int] = {}
-    lines = output.splitlines()
-    try:
-        start = lines.index("Job stats:")
-    except ValueError:
-        return counts
-    for line in lines[start + 1 :]:
-        m = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if m:
-            if m.group(1) == "total":
-                break
-            counts[m.group(1)] = int(m.group(2))
-    return counts
-
-
-def plan(workdir: Path, configfile: Path | list[Path], *args) -> tuple[dict[str, int], str]:
-    res = snakemake(workdir, "-n", "--quiet", "rules", *args, configfile=configfile)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
-    return job_counts(out), out
-
-
-def load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def write_config(tmp_path: Path, cfg: dict, name: str = "config.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
 
 
 # The paper's method as the `paper` preset sets it over each stage's section (no per-method
@@ -421,18 +356,6 @@ def test_benchmark_plans_the_paper_and_pdiff_and_reports_both(tmp_path):
     assert presets["vpt"]["diffusion"] == "holdout=0.0,target=residual"
 
 
-def _shell_commands(out: str) -> list[list[str]]:
-    cmds = []
-    for line in out.splitlines():
-        if line.startswith("Shell command: "):
-            cmd = line[len("Shell command: ") :]
-            if cmd == "None":  # rule all
-                continue
-            assert cmd.endswith(" 2>&1"), cmd
-            cmds.append(shlex.split(cmd.rsplit(" > ", 1)[0]))
-    return cmds
-
-
 def _options(argv: list[str]) -> dict[str, list[str]]:
     """A planned command's --options, each with its values."""
     opts: dict[str, list[str]] = {}
@@ -603,16 +526,6 @@ def test_conda_env_mirrors_pyproject():
 # ---------------------------------------------------------------------------------------------
 
 
-def _set(cfg: dict, dotted: str, value) -> dict:
-    cfg = copy.deepcopy(cfg)
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-    return cfg
-
-
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
@@ -722,8 +635,9 @@ elif sub == "fit-diffusion":
 elif sub == "report":
     from pdiff.report import make_report
 
-    make_report([Path(p) for p in opts["inputs"]], json.loads(opts["params"][0]),
-                Path(opts["out-dir"][0]), [Path(p) for p in opts.get("diagnostics", [])])
+    make_report(inputs=[Path(p) for p in opts["inputs"]], params=json.loads(opts["params"][0]),
+                out_dir=Path(opts["out-dir"][0]),
+                diagnostics=[Path(p) for p in opts.get("diagnostics", [])])
 else:
     put(opts["out"][0])
 '''
@@ -782,6 +696,7 @@ def _replan(smoke_run, tmp_path, change: dict) -> dict[str, int]:
     return job_counts(res.stdout + res.stderr)
 
 
+@pytest.mark.workflow
 def test_stub_run_writes_the_report(smoke_run):
     workdir, _, _ = smoke_run
     report = workdir / "results" / "smoke" / "report"
@@ -792,6 +707,7 @@ def test_stub_run_writes_the_report(smoke_run):
     assert (workdir / "results/smoke/benchmarks/report/report.tsv").is_file()
 
 
+@pytest.mark.workflow
 def test_adding_the_paper_preset_runs_only_its_own_stages_and_reports_it(smoke_run, tmp_path):
     """On a finished smoke run, the paper's method (no per-method entries there, no KL anchor
     already) reuses every store: only its DiTs (no hold-out), its evaluations and the report
@@ -809,6 +725,7 @@ def test_adding_the_paper_preset_runs_only_its_own_stages_and_reports_it(smoke_r
         "MaPLe", "MaPLe + prompt diffusion (pdiff)", "MaPLe + prompt diffusion (paper)"]
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -927,6 +844,7 @@ AFTER_TRAIN = {
 }
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
@@ -944,7 +862,7 @@ AFTER_TRAIN = {
                                     "evaluate_baseline": 3, "evaluate_diffusion": 3,
                                     "report": 1, "all": 1}),
         ("pdiff/methods/text.py", AFTER_TRAIN | {"evaluate_zeroshot": 3}),
-        ("pdiff/train.py", AFTER_TRAIN),
+        ("pdiff/host_prompt.py", AFTER_TRAIN),
         ("pdiff/report/protocols.py", {"report": 1, "all": 1}),
         ("pdiff/evaluate.py", {"evaluate_baseline": 6, "evaluate_diffusion": 6,
                                "evaluate_zeroshot": 3, "report": 1, "all": 1}),
@@ -990,6 +908,7 @@ def ablation_run(smoke_run, tmp_path_factory):
     return workdir, bindir, snakefile, res.stdout + res.stderr
 
 
+@pytest.mark.workflow
 def test_ablation_settings_become_targets_and_reach_the_report(ablation_run):
     workdir, _, _, log = ablation_run
     counts = job_counts(log)
@@ -1004,17 +923,21 @@ def test_ablation_settings_become_targets_and_reach_the_report(ablation_run):
     assert (report / "figures" / "ode_steps.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.workflow
 @pytest.mark.parametrize(
     ("stage", "entry", "expected"),
+    # each new setting is also evaluated on its runs' validation split (evaluate_val_diffusion)
     [
-        ("sampling", {"solver": "rk4"}, {"evaluate_diffusion": 4, "report": 1, "all": 1}),
-        ("diffusion", {"depth": 2}, {"fit_diffusion": 4, "evaluate_diffusion": 4, "report": 1,
-                                     "all": 1}),
+        ("sampling", {"solver": "rk4"}, {"evaluate_diffusion": 4, "evaluate_val_diffusion": 4,
+                                         "report": 1, "all": 1}),
+        ("diffusion", {"depth": 2}, {"fit_diffusion": 4, "evaluate_diffusion": 4,
+                                     "evaluate_val_diffusion": 4, "report": 1, "all": 1}),
         ("overfit", {"lr": 0.02}, {"overfit": 4, "fit_diffusion": 4, "evaluate_diffusion": 4,
-                                   "report": 1, "all": 1}),
+                                   "evaluate_val_diffusion": 4, "report": 1, "all": 1}),
         # restricted to one method: only CoOp's two base-to-new runs
         ("diffusion", {"depth": 2, "methods": ["coop"]},
-         {"fit_diffusion": 2, "evaluate_diffusion": 2, "report": 1, "all": 1}),
+         {"fit_diffusion": 2, "evaluate_diffusion": 2, "evaluate_val_diffusion": 2, "report": 1,
+          "all": 1}),
     ],
 )
 def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path, stage, entry,
@@ -1027,16 +950,18 @@ def test_adding_a_setting_plans_only_its_stage_and_after(ablation_run, tmp_path,
     assert job_counts(res.stdout + res.stderr) == expected
 
 
+@pytest.mark.workflow
 def test_ablation_on_transfer_adds_each_setting_on_the_source_run(ablation_run, tmp_path):
     workdir, bindir, snakefile, _ = ablation_run
     every = {**ABLATION, "protocols": ["base2new", "cross_dataset", "domain_generalization"]}
     res = snakemake(workdir, "-n", "--quiet", "rules", path=bindir, snakefile=snakefile,
                     configfile=_ablation_config(tmp_path, every, "every.yaml"))
     assert res.returncode == 0, res.stdout + res.stderr
-    # per method's source run: the overfit setting's store, two DiTs, three evaluations
+    # per method's source run: the overfit setting's store, two DiTs, three evaluations, and
+    # its validation evaluations (baseline, default and the three settings)
     assert job_counts(res.stdout + res.stderr) == {
-        "overfit": 2, "fit_diffusion": 2 * 2, "evaluate_diffusion": 3 * 2, "report": 1,
-        "all": 1}
+        "overfit": 2, "fit_diffusion": 2 * 2, "evaluate_diffusion": 3 * 2,
+        "evaluate_val_baseline": 2, "evaluate_val_diffusion": 4 * 2, "report": 1, "all": 1}
 
 
 def test_ablation_on_a_switched_off_protocol_is_refused(tmp_path):

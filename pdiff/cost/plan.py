@@ -381,7 +381,7 @@ def format_plan(plan: Plan) -> str:
 
 
 
-def plan_cost_command(configfiles: list[Path], throughputs: Path | None = None,
+def plan_cost_command(*, configfiles: list[Path], throughputs: Path | None = None,
                       assume: str | None = None, measure_only: bool = False,
                       out: Path | None = None, seconds: float = 2.0, device: str | None = None,
                       directory: Path | None = None, snakefile: Path = SNAKEFILE) -> str:

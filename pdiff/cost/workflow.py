@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pdiff.budget import DEFAULT_MAX_PAIRS
 from pdiff.coop_sizes import PUBLISHED_COUNTS
 from pdiff.cost.model import (
     Arch,
@@ -100,5 +101,5 @@ def config_estimator(cfg: Mapping[str, Any], check_dir: Path,
     if sizes is None:
         sizes = functools.cache(lambda name: config_size(cfg, name, check_dir, count))
     return Estimator(arch, throughputs, sizes, count_tokens=count,
-                     max_pairs=cfg.get("compute", {}).get("max_pairs"),
+                     max_pairs=cfg.get("compute", {}).get("max_pairs", DEFAULT_MAX_PAIRS),
                      margin=cost["margin"], gpu=bool(cfg["gpu"]))

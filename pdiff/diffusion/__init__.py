@@ -5,7 +5,7 @@ from pdiff.diffusion.dit import PromptDiT
 from pdiff.diffusion.normalise import TargetNormaliser
 from pdiff.diffusion.objective import FlowMatching, Objective, VPDiffusion, get_objective
 from pdiff.diffusion.sampler import integrate, sample
-from pdiff.diffusion.train import DiffusionModel, fit_diffusion, load_diffusion, save_diffusion
+from pdiff.diffusion.trainer import DiffusionModel, fit_diffusion, load_diffusion, save_diffusion
 
 __all__ = [
     "DiffusionModel",

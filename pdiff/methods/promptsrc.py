@@ -94,7 +94,7 @@ class PromptSRC(ContextMethod):
 
         Overfitting with cross-entropy alone let each prompt drift from frozen CLIP: on the demo
         world (config/all-methods.yaml, 3 seeds) prompt diffusion then lost 6.0 HM to its host;
-        with the regularisers it gains 7.1 (README, "Every host method over three seeds").
+        with the regularisers it gains 7.1 (docs/defaults.md, "Every host method over three seeds").
         """
         image, text = self.encode(inputs, prompts)
         scale = self.backbone.logit_scale

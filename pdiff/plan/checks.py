@@ -62,6 +62,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             f"list only configured protocols ({', '.join(protocols)})."
         )
 
+    check_choose_seeds(cfg)
+
     diffusion = cfg["diffusion"]
     if diffusion["width"] % diffusion["heads"]:
         raise ConfigError(
@@ -69,6 +71,25 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             f"diffusion.heads ({diffusion['heads']})."
         )
     check_world(cfg)
+
+
+def choose_seeds(cfg: Mapping[str, Any]) -> list[int]:
+    """`ablation.choose_seeds`: the seeds whose validation numbers choose the ablation's best
+    settings (default []: every seed)."""
+    return list(cfg.get("ablation", {}).get("choose_seeds", []))
+
+
+def check_choose_seeds(cfg: Mapping[str, Any]) -> None:
+    """The choosing seeds are some of `seeds` and leave at least one to report on."""
+    seeds, choose = cfg["seeds"], choose_seeds(cfg)
+    odd = sorted(set(choose) - set(seeds))
+    if odd or (choose and set(seeds) <= set(choose)):
+        raise ConfigError(
+            f"config: ablation.choose_seeds {choose} must be some of `seeds` {seeds}, "
+            "leaving at least one seed to report on"
+            + (f" ({odd} are not in `seeds`)" if odd else "")
+            + "; or [] to choose on every seed's validation."
+        )
 
 
 def check_world(cfg: Mapping[str, Any]) -> None:

@@ -12,26 +12,26 @@ output, everything downstream), like a params change. Each rule that runs pdiff 
   fewshot            data/fewshot.py, data/catalogue.py, data/readers.py (readers decide
                      the draw)
   features           features.py
-  train              train.py, the method's modules    its model and loss (method_modules)
+  train              host_prompt.py, the method's modules  its model and loss (method_modules)
   overfit            overfit.py, store.py
-  fit_diffusion      fit_diffusion.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
+  fit_diffusion      fit_dit.py, sampled_softmax.py, diffusion/ except sampler.py (DiT,
                      objective, normaliser, trainer, DiffusionConfig's defaults; the sampler
                      is used only by evaluation)
-  evaluate_baseline  evaluate.py
-  evaluate_diffusion evaluate.py, diffusion/sampler.py
+  evaluate_baseline  evaluate.py                       (evaluate_val_baseline too)
+  evaluate_diffusion evaluate.py, diffusion/sampler.py (evaluate_val_diffusion too)
   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
   report             report/
 
 Each section's defaults live in its stage's modules (OverfitConfig in overfit.py, SamplingConfig
 in diffusion/sampler.py, TrainConfig and the methods' in methods/), so they are fingerprinted
 with it; config.py, which only reads and checks sections, is plumbing.
-Deliberately left out: the plumbing every stage shares (cli.py, utils.py, errors.py, config.py,
-resume.py, inputs.py, checkpoint.py, backbone.py, prefix_sharing.py, budget.py, data/images.py,
-data/templates.py, the method registry methods/__init__.py, and this plan). A change there would
-rerun the whole study (days on a cluster) for what is almost always a refactor, and their
-behaviour is pinned by unit tests (e.g. prefix sharing and the truncated text encoder are exact);
-after a change there that does alter results, force the affected rules with
-`snakemake -R <rule>`.
+Deliberately left out: the plumbing every stage shares (cli.py, stages/ (argument parsing),
+utils.py, errors.py, config.py, resume.py, inputs.py, checkpoint.py, backbone.py,
+prefix_sharing.py, budget.py, data/images.py, data/templates.py, the method registry
+methods/__init__.py, and this plan). A change there would rerun the whole study (days on a
+cluster) for what is almost always a refactor, and their behaviour is pinned by unit tests (e.g.
+prefix sharing and the truncated text encoder are exact); after a change there that does alter
+results, force the affected rules with `snakemake -R <rule>`.
 A method counts as its module pdiff/methods/<name>.py plus the pdiff/methods modules it imports
 (base.py, text.py, ...), so editing maple.py retrains MaPLe runs only, and editing text.py every
 textual method and zero-shot CLIP. fetch_weights has no fingerprint: it only downloads weights.
@@ -67,17 +67,17 @@ RULE_MODULES = {
     "check_data": ("pdiff/check_data.py", "pdiff/data/catalogue.py", "pdiff/data/readers.py"),
     "fewshot": ("pdiff/data/fewshot.py", "pdiff/data/catalogue.py", "pdiff/data/readers.py"),
     "features": ("pdiff/features.py",),
-    "train": ("pdiff/train.py",),
+    "train": ("pdiff/host_prompt.py",),
     "overfit": ("pdiff/overfit.py", "pdiff/store.py"),
     "fit_diffusion": (
-        "pdiff/fit_diffusion.py",
+        "pdiff/fit_dit.py",
         "pdiff/sampled_softmax.py",
         "pdiff/diffusion/__init__.py",
         "pdiff/diffusion/config.py",
         "pdiff/diffusion/dit.py",
         "pdiff/diffusion/normalise.py",
         "pdiff/diffusion/objective.py",
-        "pdiff/diffusion/train.py",
+        "pdiff/diffusion/trainer.py",
     ),
     "evaluate_baseline": ("pdiff/evaluate.py",),
     "evaluate_diffusion": ("pdiff/evaluate.py", "pdiff/diffusion/sampler.py"),

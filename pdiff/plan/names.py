@@ -16,6 +16,9 @@ STAGES = ("overfit", "diffusion", "sampling")
 DEFAULT = "default"
 #: zero-shot CLIP: evaluated on every dataset, never trained.
 ZEROSHOT = "zeroshot"
+#: The split of a run's few-shot validation images in its own classes (settings are chosen on
+#: it, never on test); the other splits (base, new, all) are class subsets of the test split.
+VAL = "val"
 
 #: `backbone.pretrained` values that name no open_clip tag or checkpoint path: the demo's
 #: checkpoint inside the package, seeded random weights (rehearsals only), and the demo's

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pdiff.plan.names import DEFAULT, PRETRAIN, RANDOM, SHIPPED
+from pdiff.plan.names import DEFAULT, PRETRAIN, RANDOM, SHIPPED, VAL
 
 
 def run_id(dataset: str = "{dataset}", method: str = "{method}", classes: str = "{classes}",
@@ -49,8 +49,10 @@ class Paths:
         self.shots: int = cfg["shots"]
         self.model: str = cfg["backbone"]["model"]
         pretrained = cfg["backbone"]["pretrained"]
+        #: the open_clip weights cache fetch_weights fills
+        self.weights_dir: str = cfg["backbone"]["weights_dir"]
         self.weights: str | None = (
-            f"{cfg['backbone']['weights_dir']}/{self.model}/{pretrained}.safetensors"
+            f"{self.weights_dir}/{self.model}/{pretrained}.safetensors"
             if is_tag(pretrained)
             else None
         )
@@ -107,11 +109,14 @@ class Paths:
         return f"{self.run(*run)}/{ov}/{dv}/dit.{ext}"
 
     def evaluation(self, *run: Any, mode: str = "baseline",
-                   combo: tuple[str, ...] = ("{ov}", "{dv}", "{sv}")) -> str:
-        """eval/baseline.json, or eval/diffusion/<overfit>/<diffusion>/<sampling>.json."""
+                   combo: tuple[str, ...] = ("{ov}", "{dv}", "{sv}"), val: bool = False) -> str:
+        """eval/baseline.json, or eval/diffusion/<overfit>/<diffusion>/<sampling>.json; with
+        `val` the run's evaluation on its few-shot validation split, beside them in the same
+        layout under eval/val/."""
+        folder = f"{self.run(*run)}/eval" + (f"/{VAL}" if val else "")
         if mode == "baseline":
-            return f"{self.run(*run)}/eval/baseline.json"
-        return f"{self.run(*run)}/eval/diffusion/{'/'.join(combo)}.json"
+            return f"{folder}/baseline.json"
+        return f"{folder}/diffusion/{'/'.join(combo)}.json"
 
     def default_dit_diagnostics(self, *run: Any) -> str:
         return self.dit(*run, ov=DEFAULT, dv=DEFAULT, ext="json")

@@ -27,7 +27,7 @@ from pdiff.cost.workflow import config_estimator
 from pdiff.plan.checks import check_config
 from pdiff.plan.config import REPO, schema_path
 from pdiff.plan.fingerprints import Fingerprints
-from pdiff.plan.names import PRETRAIN, ZEROSHOT
+from pdiff.plan.names import PRETRAIN, VAL, ZEROSHOT
 from pdiff.plan.paths import Paths
 from pdiff.plan.recipes import check_recipes, method_params
 from pdiff.plan.targets import EvalSet, Targets
@@ -172,6 +172,18 @@ class Plan:
                 for t, split in sets
             ]
         )
+
+    def val_sets_json(self, dataset: str, classes: str, seed: Any) -> str:
+        """The --sets argument of a run's validation: its own dataset's draw, in its own classes,
+        read through the draw's feature cache (its `val` part)."""
+        entry = {
+            "dataset": {"name": dataset, **self.cfg["datasets"][dataset]},
+            "split": VAL,
+            "classes": classes,
+            "fewshot": self.paths.fewshot(dataset, seed),
+            "features": self.paths.fewshot_features(dataset, seed),
+        }
+        return to_json([entry])
 
     def augment_arg(self) -> str:
         """`--augment <json>` when training augmentation is on (else nothing: the params of a

@@ -1,11 +1,23 @@
 """What the workflow evaluates and reports: the trained runs, the (target, split) sets each
-evaluation covers, the report's inputs, params and output files."""
+evaluation covers, the validation evaluations the ablation's choice reads, the report's inputs,
+params and output files.
+
+Validation (issue 18): settings are chosen on the few-shot validation split, never on test
+(DESIGN.md §10). With an ablation configured, every run a choice compares (the ablated
+protocols' runs: base-to-new's base-class runs, the transfer source's all-class run) is also
+evaluated, baseline and in each setting the ablation table lists (`Settings.val_combos`), on its
+own draw's validation images (CoOp: min(K, 4) per class of the run's classes, the draw's `val`
+list), reusing its prompt and DiT: only evaluate_val_* jobs are added. `ablation.choose_seeds`
+names the seeds whose validation numbers choose (default []: every seed); the ablation's test
+means then leave them out.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pdiff.plan.checks import choose_seeds
 from pdiff.plan.names import PROTOCOLS, STAGES, TRANSFER
 from pdiff.plan.paths import Paths
 from pdiff.plan.variants import Settings
@@ -29,6 +41,9 @@ class Targets:
         self.trained = list(trained)
         self.paths = paths
         self.settings = settings
+        self.choose_seeds: list[int] = choose_seeds(cfg)
+        #: the seeds evaluated on validation: only where it chooses
+        self.val_seeds: list[int] = self.choose_seeds or list(cfg["seeds"])
 
     def transfer_targets(self) -> list[str]:
         """Targets of the all-class source run: the source itself, then the cross-dataset and
@@ -75,6 +90,28 @@ class Targets:
         """The check_data reports of the datasets of `sets`."""
         return list(dict.fromkeys(self.paths.check(t) for t, _ in sets))
 
+    # ---- validation (the ablation's choice) ---------------------------------------------------
+
+    def validation_runs(self) -> list[tuple[str, str]]:
+        """(dataset, classes) of the runs an ablation choice compares (none without one)."""
+        if not self.settings.combos[1:]:
+            return []
+        return [(d, classes) for d, classes in self.runs() if self.settings.ablated(classes)]
+
+    def validation_inputs(self) -> list[str]:
+        """Every validation evaluation the ablation's choice reads (none without an ablation)."""
+        paths = []
+        for m in self.trained:
+            for s in self.val_seeds:
+                for d, classes in self.validation_runs():
+                    run = (d, m, classes, s)
+                    paths.append(self.paths.evaluation(*run, mode="baseline", val=True))
+                    paths += [
+                        self.paths.evaluation(*run, mode="diffusion", combo=c, val=True)
+                        for c in self.settings.val_combos(m)
+                    ]
+        return paths
+
     # ---- the report ----------------------------------------------------------------------
 
     def report_inputs(self) -> list[str]:
@@ -111,9 +148,10 @@ class Targets:
         ]
 
     def report_params(self) -> dict[str, Any]:
-        """What the report reads besides the evaluations: the protocols, methods and seeds, and
-        each preset's (overfit, diffusion, sampling) folders per method (only with presets, so
-        a config without them keeps its report params)."""
+        """What the report reads besides the evaluations: the protocols, methods and seeds, each
+        preset's (overfit, diffusion, sampling) folders per method (only with presets) and the
+        seeds choosing on validation (only with an ablation), so a config without them keeps
+        its report params."""
         cfg = self.cfg
         params: dict[str, Any] = {
             "protocols": cfg["protocols"],
@@ -127,6 +165,8 @@ class Targets:
                 p: {m: dict(zip(STAGES, combo, strict=True)) for m, combo in combos.items()}
                 for p, combos in self.settings.preset_combos.items()
             }
+        if self.settings.combos[1:]:  # the choosing seeds, only with an ablation
+            params["choose_seeds"] = self.choose_seeds
         return params
 
     def report_files(self) -> dict[str, tuple[str, str | None, str]]:

@@ -207,3 +207,15 @@ class Settings:
             method in self.variant_methods.get((stage, name), [method])
             for stage, name in zip(STAGES, combo, strict=True)
         )
+
+    def val_combos(self, method: str) -> list[Combo]:
+        """The diffusion settings the ablation table lists for `method`, each evaluated on
+        validation too: the ablation's combos it is compared under and a preset's that changes
+        at most one stage (the report leaves a preset that changes more out of the ablation)."""
+        combos = [c for c in self.combos if self.compares(c, method)]
+        combos += [
+            self.preset_combos[p][method]
+            for p in self.presets
+            if sum(name != DEFAULT for name in self.preset_combos[p][method]) <= 1
+        ]
+        return list(dict.fromkeys(combos))

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
-from pdiff.plan.names import DEFAULT, TRANSFER, default_ablation_protocols
-from pdiff.report.ablation import ablation_rows, write_ablation
+from pdiff.plan.names import DEFAULT, TRANSFER, VAL, default_ablation_protocols
+from pdiff.report.ablation import ablation_choice, ablation_rows, write_ablation
 from pdiff.report.diagnosis import diagnosis_rows, load_diagnostics, underfit_dits, write_diagnosis
 from pdiff.report.output import bars, jsonable, write_text
 from pdiff.report.protocols import (
@@ -75,16 +75,23 @@ def check_params(params: dict) -> tuple[dict, list[str], list[int], bool]:
     seeds = params["seeds"]
     if not seeds:
         raise PdiffError("report --params: seeds is empty")
+    choose = params.get("choose_seeds") or []
+    if set(choose) - set(seeds) or (choose and set(seeds) <= set(choose)):
+        raise PdiffError(f"report --params: choose_seeds {choose} must be some of the seeds "
+                         f"{seeds}, leaving at least one to report on")
     return protocols, list(params["methods"]), list(seeds), bool(params.get("reference", False))
 
 
-def make_report(inputs: list[Path], params: dict, out_dir: Path,
+def make_report(*, inputs: list[Path], params: dict, out_dir: Path,
                 diagnostics: list[Path] | None = None) -> None:
     """Write the protocol tables, figures and summary.json under `out_dir`.
 
     `params` = {"protocols": config.protocols, "methods": config.methods, "seeds": config.seeds,
     "reference": config.report.reference, "ablation_protocols": [...] (optional), "presets":
-    {preset: {method: {stage: folder}}} (optional: each preset's own prompt-diffusion row)}. Raises
+    {preset: {method: {stage: folder}}} (optional: each preset's own prompt-diffusion row),
+    "choose_seeds": [...] (optional: the seeds whose validation numbers choose the ablation's
+    best settings, left out of its test means; default: every seed)}. Validation records (split
+    "val") are read by the ablation's choice only, never by a protocol table. Raises
     PdiffError naming the file for a missing or malformed input, and listing every evaluation
     the protocols need that is not among `inputs`.
     """
@@ -92,6 +99,9 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     ablated = {p: protocols[p] for p in ablation_protocols(params, protocols)}
     out_dir = Path(out_dir)
     index = index_evaluations(Path(p) for p in inputs)
+    # validation records choose settings and nothing else: no table, cost or diagnosis sees them
+    val_index = {k: r for k, r in index.items() if k[6] == VAL}
+    index = {k: r for k, r in index.items() if k[6] != VAL}
     acc = Lookup(index)
     presets = params.get("presets") or {}
     rows = table_rows(methods, presets)
@@ -130,12 +140,17 @@ def make_report(inputs: list[Path], params: dict, out_dir: Path,
     whole = {variant_label(combo) for p in presets.values() for combo in p.values()
              if sum(name != DEFAULT for name in combo.values()) > 1}
     settings_index = {k: r for k, r in index.items() if k[-1] not in whole}
+    used_val: set = set()
     if any(k[-1] != DEFAULT for k in settings_index):  # prompt diffusion in other settings
-        settings = ablation_rows(settings_index, ablated, methods, seeds)
-        write_ablation(out_dir, settings)
+        choose = params.get("choose_seeds") or []
+        val_settings = {k: r for k, r in val_index.items() if k[-1] not in whole}
+        settings = ablation_rows(settings_index, ablated, methods, seeds, val_settings, choose)
+        write_ablation(out_dir, settings, seeds, choose)
         summary["ablation"] = settings
+        summary["ablation_choice"] = ablation_choice(settings, ablated, seeds, choose)
         used |= {k for k in settings_index if k[-1] != DEFAULT}
-    unused = len(index) - len(used)
+        used_val = set(val_settings)
+    unused = len(index) - len(used) + len(val_index) - len(used_val)
     if unused:
         log.warning("report: %d input evaluation(s) are not used by any protocol table", unused)
 

@@ -5,6 +5,12 @@ row answers "what does this one choice do". Rows carry mean ± standard error ov
 headline number of each protocol the settings ran on (base-to-new base/new/HM, the transfer
 averages), the cost per image, the calibration error and, where the store was given to
 evaluation, the memorisation ratio.
+
+Settings are *chosen* on validation, never on test (DESIGN.md §10): each row also carries the
+few-shot validation accuracy of its runs (base-to-new: the base classes' validation images;
+transfer: the all-class source run's), over the choosing seeds only, and `best_settings` ranks by
+that alone. With `choose_seeds` the test columns are means over the other seeds, so no number
+shown as a result was seen by the choice.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pdiff.plan.names import DEFAULT, TRANSFER
+from pdiff.plan.names import DEFAULT, TRANSFER, VAL
 from pdiff.report.output import atomic_write, fmt, md_table, write_csv, write_text
 from pdiff.report.protocols import (
     METHOD_NAMES,
@@ -22,7 +28,7 @@ from pdiff.report.protocols import (
     base2new_table,
     transfer_table,
 )
-from pdiff.report.records import Key, mean
+from pdiff.report.records import Key, mean, se
 
 
 def variants_of(index: dict[Key, dict], method: str) -> list[str]:
@@ -55,6 +61,46 @@ def _score(row: Row, protocols: dict, seeds, acc: Lookup) -> dict[str, Any]:
     return out
 
 
+#: Per protocol the settings ran on ("all": their mean): the validation number a setting is
+#: chosen by, and the test number shown beside it. Base-to-new has validation images of its base
+#: classes only (the new ones are unseen by design); the transfer protocols share the all-class
+#: source run, so both are chosen on its validation accuracy.
+CHOICE = {"base2new": ("val_base", "hm"), "cross_dataset": ("val_source", "cross_dataset"),
+          "domain_generalization": ("val_source", "domain_generalization"),
+          "all": ("val_mean", "mean")}
+#: How the report names each validation number (in the text, and as a table column).
+VAL_NAMES = {"val_base": "base-class validation", "val_source": "source validation",
+             "val_mean": "mean of the protocols' validation"}
+VAL_COLUMNS = {"val_base": "Val base", "val_source": "Val source", "val_mean": "Val mean"}
+
+
+def _val_score(row: Row, protocols: dict, seeds, acc: Lookup) -> dict[str, Any]:
+    """Validation numbers of one row over `seeds`: base-to-new's base-class validation accuracy
+    (averaged over datasets), the source run's for the transfer protocols, and with several
+    protocols the mean of each protocol's number (as the test side's "mean")."""
+    out: dict[str, Any] = {}
+    if "base2new" in protocols:
+        datasets = list(protocols["base2new"]["datasets"])
+        per_seed = [mean([acc(row, s, d, "base", d, VAL) for d in datasets]) for s in seeds]
+        out |= {"val_base": mean(per_seed), "val_base_se": se(per_seed)}
+    transfer = [p for p in TRANSFER if p in protocols]
+    if transfer:
+        source = protocols[transfer[0]]["source"]  # both protocols share one source run
+        per_seed = [acc(row, s, source, "all", source, VAL) for s in seeds]
+        out |= {"val_source": mean(per_seed), "val_source_se": se(per_seed)}
+    if len(protocols) > 1:
+        out["val_mean"] = mean([out[CHOICE[p][0]] for p in protocols])
+    return out
+
+
+def split_seeds(seeds, choose_seeds) -> tuple[list, list]:
+    """(choosing seeds, reported seeds): with `choose_seeds` the choice reads only theirs and
+    the test means only the others; without, both are every seed."""
+    choose = [s for s in seeds if s in set(choose_seeds or ())]
+    return (choose, [s for s in seeds if s not in choose]) if choose else (list(seeds),
+                                                                            list(seeds))
+
+
 def _cost(index: dict[Key, dict], used: set[Key]) -> dict[str, Any]:
     recs = [index[k] for k in used]
     total = sum(int(r["total"]) for r in recs)
@@ -71,56 +117,92 @@ def _cost(index: dict[Key, dict], used: set[Key]) -> dict[str, Any]:
     }
 
 
-def ablation_rows(index: dict[Key, dict], protocols: dict, methods, seeds) -> list[dict]:
-    rows = []
+def ablation_rows(index: dict[Key, dict], protocols: dict, methods, seeds,
+                  val_index: dict[Key, dict] | None = None, choose_seeds=()) -> list[dict]:
+    """Per method and setting: test numbers over the reported seeds, cost, and the validation
+    numbers (`val_index`, records of split "val") over the choosing seeds (`split_seeds`).
+    Missing test or validation evaluations are named together in one error."""
+    choose, report = split_seeds(seeds, choose_seeds)
+    rows, missing = [], []
     for method in methods:
         if method == "zeroshot":
             continue
         for mode, variants in (("baseline", [DEFAULT]), ("diffusion", variants_of(index, method))):
             for variant in variants:
-                acc = Lookup(index, variant)
+                acc, val = Lookup(index, variant), Lookup(val_index or {}, variant)
                 row = Row(method, mode)
-                score = _score(row, protocols, seeds, acc)
-                acc.raise_missing()
+                score = _score(row, protocols, report, acc)
+                chosen_on = _val_score(row, protocols, choose, val)
+                missing += acc.missing + val.missing
                 rows.append({"method": method, "mode": mode, "label": row.label,
                              "setting": variant if mode == "diffusion" else "–",
-                             **score, **_cost(index, acc.used)})
+                             **score, **_cost(index, acc.used), **chosen_on})
+    if missing:
+        short = Lookup({})
+        short.missing = missing
+        short.raise_missing()
     return rows
 
 
-def write_ablation(out_dir: Path, rows: list[dict]) -> None:
+def _seeds(seeds) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
+def choice_note(seeds, choose_seeds) -> str:
+    """The sentence that says which split and seeds chose, and which seeds the test shows."""
+    choose, report = split_seeds(seeds, choose_seeds)
+    if choose == report:
+        return (f"Chosen on validation ({_seeds(choose)}), test shown ({_seeds(report)}, the "
+                "same seeds: set `ablation.choose_seeds` to report on seeds the choice never "
+                "saw).")
+    return (f"Chosen on validation ({_seeds(choose)}), test shown ({_seeds(report)}, which the "
+            "choice never saw).")
+
+
+def write_ablation(out_dir: Path, rows: list[dict], seeds=(1,), choose_seeds=()) -> None:
     """ablation.csv (full precision), ablation.md and figures/ode_steps.png."""
+    choose, report = split_seeds(seeds, choose_seeds)
     keys = [k for k in rows[0] if k not in ("method", "mode", "label", "setting")] if rows else []
     write_csv(out_dir / "ablation.csv", ["method", "mode", "setting", *keys],
                [[r["method"], r["mode"], r["setting"], *[r[k] for k in keys]] for r in rows])
     columns = [k for k in ("base", "new", *HEADLINE.values()) if k in keys]
     headline = [k for k in HEADLINE.values() if k in keys]
+    choices = [p for p, (v, t) in CHOICE.items() if t in headline and v in keys]
+    vals = list(dict.fromkeys(CHOICE[p][0] for p in choices))
     header = ["Method", "Setting", *[_name(h).capitalize() if h != "hm" else "HM"
                                      for h in columns],
+              *[VAL_COLUMNS[v] for v in vals],
               "ms / image", "NFE", "ECE", "Memorisation"]
     table = [[r["label"], r["setting"], *[fmt(r[h], r.get(f"{h}_se")) for h in columns],
+              *[fmt(r[v], r.get(f"{v}_se")) for v in vals],
               f"{1e3 * r['seconds_per_image']:.2f}", fmt(r["nfe"]), fmt(r["ece"]),
               fmt(r["memorisation"])] for r in rows]
     text = [
         "# Ablations and diagnosis\n",
         "Each setting changes one stage of prompt diffusion from the defaults; the baseline row "
-        "is the host method's learned prompt. Accuracy: mean ± standard error over seeds. "
+        f"is the host method's learned prompt. Accuracy: mean ± standard error over seeds, test "
+        f"columns over {_seeds(report)}; the Val columns are few-shot validation accuracy (CoOp: "
+        f"min(K, 4) images per class; base-to-new: base classes; transfer: the source) over "
+        f"{_seeds(choose)}. "
         "ms / image: classification time per test image (ODE sampling included). ECE: expected "
         "calibration error (%). Memorisation: distance of generated prompts to their nearest "
         "stored training prompt over the store's own nearest-neighbour distance (0 = copies).\n",
         md_table(header, table),
     ]
-    best = [b for metric in headline for b in best_settings(rows, metric)]
+    best = [b for choice in choices for b in best_settings(rows, choice)]
     if best:
         text += [
             "## Best setting per method\n",
-            f"The setting with the highest {' / '.join(map(_name, headline))} per method, "
-            "against the host method (one stage changed at a time; combining the best "
-            "settings is a separate run).\n",
+            f"{choice_note(seeds, choose_seeds)} Per method and measure, the setting with the "
+            "highest validation accuracy (base-to-new: on its base classes; transfer: on the "
+            "source) against the host method; the test number beside it never chose anything. "
+            "One stage changed at a time; combining the best settings is a separate run.\n",
             md_table(
-                ["Method", "Measure", "Best setting", "Prompt diffusion", "Host", "Δ"],
-                [[b["label"], _name(b["metric"]), b["setting"], fmt(b["value"], b["se"]),
-                  fmt(b["host"]), f"{b['value'] - b['host']:+.2f}"] for b in best],
+                ["Method", "Measure", "Chosen on", "Best setting", "Validation",
+                 "Test", "Host (test)", "Δ test"],
+                [[b["label"], _name(b["metric"]), VAL_NAMES[b["chosen_on"]], b["setting"],
+                  fmt(b["val"], b["val_se"]), fmt(b["value"], b["se"]), fmt(b["host"]),
+                  f"{b['value'] - b['host']:+.2f}"] for b in best],
             ),
         ]
     write_text(out_dir / "ablation.md", "\n".join(text))
@@ -131,19 +213,35 @@ def _name(metric: str) -> str:
     return {"hm": "HM", "mean": "mean of the protocols"}.get(metric, metric.replace("_", " "))
 
 
-def best_settings(rows: list[dict], metric: str) -> list[dict]:
-    """Per method, the prompt-diffusion setting with the highest `metric`, and the host's."""
+def best_settings(rows: list[dict], choice: str) -> list[dict]:
+    """Per method, the prompt-diffusion setting with the highest validation number of `choice`
+    (a protocol, or "all" for their mean: CHOICE), with its test number and the host's beside
+    it. The ranking reads the validation number only: a test number never chooses."""
+    val_key, test_key = CHOICE[choice]
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         host = [r for r in rows if r["method"] == method and r["mode"] == "baseline"]
         diff = [r for r in rows if r["method"] == method and r["mode"] == "diffusion"]
         if host and diff:
-            top = max(diff, key=lambda r: r[metric])
-            out.append({"method": method, "label": top["label"], "metric": metric,
-                        "setting": top["setting"],
-                        "value": top[metric], "se": top.get(f"{metric}_se"),
-                        "host": host[0][metric]})
+            top = max(diff, key=lambda r: r[val_key])
+            out.append({"method": method, "label": top["label"], "metric": test_key,
+                        "chosen_on": val_key, "setting": top["setting"],
+                        "val": top[val_key], "val_se": top.get(f"{val_key}_se"),
+                        "host_val": host[0][val_key],
+                        "value": top[test_key], "se": top.get(f"{test_key}_se"),
+                        "host": host[0][test_key]})
     return out
+
+
+def ablation_choice(rows: list[dict], protocols: dict, seeds, choose_seeds=()) -> dict:
+    """summary.json's record of the choice: the split and seeds that chose, the seeds the test
+    numbers are over, and the best setting per method and measure."""
+    choose, report = split_seeds(seeds, choose_seeds)
+    choices = [p for p in (*protocols, "all") if p in CHOICE and (p != "all"
+                                                                   or len(protocols) > 1)]
+    return {"split": VAL, "choose_seeds": choose, "report_seeds": report,
+            "note": choice_note(seeds, choose_seeds),
+            "best": [b for c in choices for b in best_settings(rows, c)]}
 
 
 def _ode_figure(path: Path, rows: list[dict], metric: str) -> None:

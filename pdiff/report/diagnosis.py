@@ -15,7 +15,6 @@ from pdiff.plan.names import DEFAULT
 from pdiff.report.output import fmt, md_table, write_csv, write_text
 from pdiff.report.protocols import METHOD_NAMES
 from pdiff.report.records import Key, mean, se
-from pdiff.utils import read_json
 
 # Seen cosine (generated vs true deltas on the DiT's own training images) under which a DiT is
 # reported as not having learned its store: healthy demo DiTs range 0.28 (VPT) to 0.88 (CoOp).
@@ -24,6 +23,8 @@ UNDERFIT_COSINE = 0.1
 
 def load_diagnostics(paths: list[Path]) -> list[dict]:
     """The DiT diagnostics files (`pdiff fit-diffusion --diagnostics`), naming a bad one."""
+    from pdiff.utils import read_json  # lazy: pdiff.utils imports torch; `pdiff docs` must not
+
     out = []
     for path in paths:
         record = read_json(path, "diagnostics file", "rerun `pdiff fit-diffusion --diagnostics`")

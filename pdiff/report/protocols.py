@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
-from pdiff.plan.names import DEFAULT
+from pdiff.plan.names import DEFAULT, VAL
 from pdiff.plan.paths import run_id
 from pdiff.report.output import fmt, fmt_signed, md_table, seed_note, signed, write_csv, write_text
 from pdiff.report.published import PUBLISHED_B2N, PUBLISHED_TARGETS, PUBLISHED_TRANSFER
@@ -107,8 +107,9 @@ class Lookup:
                 where = f"results/zeroshot/{target}.json"
             else:
                 run = run_id(train_dataset, row.method, train_classes, seed)
-                where = f"runs/{run}/eval/{row.mode}.json"
-            self.missing.append(f"{row.label} on {target}/{split} (e.g. {where})")
+                where = f"runs/{run}/eval/{'val/' if split == VAL else ''}{row.mode}.json"
+            setting = f" ({variant})" if variant != DEFAULT else ""
+            self.missing.append(f"{row.label}{setting} on {target}/{split} (e.g. {where})")
             return math.nan
         self.used.add(key)
         return float(record["accuracy"])

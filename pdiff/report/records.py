@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
-from pdiff.plan.names import DEFAULT, STAGES
-from pdiff.utils import read_json
+from pdiff.plan.names import DEFAULT, STAGES, VAL
 
 #: The keys every evaluation JSON carries (the contract of `pdiff evaluate`).
 REQUIRED_KEYS = (
@@ -35,7 +34,9 @@ REQUIRED_KEYS = (
     "sampling",
 )
 MODES = ("zeroshot", "baseline", "diffusion")
-SPLITS = ("base", "new", "all")
+#: VAL: a run's few-shot validation images in its own classes (settings are chosen on it);
+#: the others are class subsets of the test split.
+SPLITS = ("base", "new", "all", VAL)
 
 #: (mode, method, train_dataset, train_classes, seed, target, split, setting label)
 Key = tuple[str, str, Any, Any, Any, str, str, str]
@@ -76,6 +77,8 @@ def load_evaluation(path: Path) -> list[dict]:
     """Read and check one evaluation bundle ({"evaluations": [record, ...]}), naming the file in
     every error."""
     path = Path(path)
+    from pdiff.utils import read_json  # lazy: pdiff.utils imports torch; `pdiff docs` must not
+
     bundle = read_json(path, "report input", "run its `pdiff evaluate` again")
     records = bundle.get("evaluations") if isinstance(bundle, dict) else None
     if not isinstance(records, list) or not records:

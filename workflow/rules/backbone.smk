@@ -52,7 +52,7 @@ if PATHS.weights:
         params:
             model=PATHS.model,
             pretrained=PLAN.pretrained,
-            cache_dir=config["backbone"]["weights_dir"],
+            cache_dir=weights_dir,
         shell:
             "pdiff fetch-weights --model {params.model:q} --pretrained {params.pretrained:q}"
             " --cache-dir {params.cache_dir:q} --threads {threads} > {log:q} 2>&1"

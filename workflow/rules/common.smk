@@ -42,6 +42,11 @@ def data_root(wildcards):
     return PATHS.data_root
 
 
+def weights_dir(wildcards):
+    """The weights cache for --cache-dir (a function, as data_root)."""
+    return PATHS.weights_dir
+
+
 def dataset_input(wildcards):
     """What a job reading the dataset depends on: its check_data report, so a missing or
     broken dataset stops the workflow in seconds, before any training starts."""
@@ -83,6 +88,11 @@ def sets_json(sets):
 def features_json(sets):
     """Params function: the --features argument (dataset -> test-split feature cache)."""
     return lambda wildcards: to_json(TARGETS.test_features(sets(wildcards)))
+
+
+def val_sets_json(wildcards):
+    """Params function: the --sets argument of a run's validation (its draw's `val` part)."""
+    return PLAN.val_sets_json(wildcards.dataset, wildcards.classes, wildcards.seed)
 
 
 def stage_json(stage, variant):

@@ -6,6 +6,7 @@ rule report:
     input:
         evaluations=TARGETS.report_inputs(),
         diagnostics=TARGETS.diagnostics_inputs(),
+        validation=TARGETS.validation_inputs(),  # only with an ablation: its choice reads these
     output:
         **report_outputs(),
     log:
@@ -24,6 +25,6 @@ rule report:
         report=to_json(TARGETS.report_params()),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "pdiff report --inputs {input.evaluations:q}"
+        "pdiff report --inputs {input.evaluations:q} {input.validation:q}"
         " --diagnostics {input.diagnostics:q} --params {params.report:q}"
         " --out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"

@@ -1,8 +1,9 @@
-"""Train the prompt diffusion model on a prompt store (`pdiff fit-diffusion`).
+"""Train the prompt DiT on a prompt store (`pdiff fit-diffusion`).
 
 The glue between a host method and the method-agnostic diffusion package: it checks that the
 store belongs to this prompt and backbone, and hands the optional classification term (through
-the model's clean-prompt estimate) to the trainer as a plain callable. With `holdout` > 0 a
+the model's clean-prompt estimate) to the trainer (:mod:`pdiff.diffusion.trainer`) as a plain
+callable. With `holdout` > 0 a
 seeded fraction of the store stays out of training, and the diagnostics file records how well
 the prompts generated for those unseen images follow their true overfitted deltas.
 """
@@ -23,7 +24,7 @@ from pdiff.checkpoint import load_prompt
 from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
 from pdiff.diffusion.config import DiffusionConfig
-from pdiff.diffusion.train import ClsLoss
+from pdiff.diffusion.trainer import ClsLoss
 from pdiff.errors import PdiffError
 from pdiff.methods import Inputs, PromptMethod
 from pdiff.resume import Resume, file_digest
@@ -82,8 +83,8 @@ def classification_loss(method: PromptMethod, negatives: int | None) -> ClsLoss:
     return cls_loss
 
 
-def fit_stage(prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str,
-              diagnostics_out: str | None = None) -> None:
+def fit_dit(*, prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str,
+            diagnostics_out: str | None = None) -> None:
     set_seed(seed)
     device = get_device()
     backbone = load_backbone(backbone_spec, device)

@@ -1,4 +1,6 @@
-"""Train the prompt DiT on a prompt store, and save/load the result.
+"""Train the prompt DiT on a prompt store, and save/load the result: the method-agnostic loop.
+The `pdiff fit-diffusion` stage around it (the store, the host method's classification term,
+the diagnostics) is :mod:`pdiff.fit_dit`; the host prompt's training is :mod:`pdiff.host_prompt`.
 
 ``fit_diffusion`` is deterministic for a given seed (on a given device and thread
 setup): the weights are initialised under a forked RNG seeded with ``seed`` and every
@@ -44,7 +46,7 @@ from pdiff.resume import Resume, rng_state, set_rng_state
 from pdiff.store import PromptStore
 from pdiff.utils import save_safetensors
 
-log = logging.getLogger("pdiff.diffusion.train")
+log = logging.getLogger(__name__)
 
 FORMAT = "pdiff-diffusion/1"
 #: Steps between two resume checkpoints (when ``fit_diffusion`` is given a ``resume``).

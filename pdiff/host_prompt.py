@@ -1,4 +1,5 @@
-"""Baseline prompt learning (`pdiff train`): fit a host method's prompt on the few-shot draw.
+"""Host prompt training, the baseline (`pdiff train`): fit a host method's prompt on the few-shot
+draw. Not to be confused with the prompt DiT's training (:mod:`pdiff.fit_dit`).
 
 CoOp's protocol: train on the K-shot draw of the chosen classes (base or all), optimiser and
 schedule from config (the published recipe is SGD + cosine with one constant warm-up epoch; the
@@ -118,9 +119,10 @@ def fit_prompt(method: PromptMethod, images: ImageList, params: Mapping[str, Any
     return history
 
 
-def train(method_name: str, params: dict, backbone_spec: dict, data_root: str, dataset: dict,
-          fewshot: str, classes: str, seed: int, out: str, features: str | None = None,
-          augment: dict | None = None, workers: int = 0) -> dict:
+def train_host_prompt(*, method_name: str, params: dict, backbone_spec: dict, data_root: str,
+                      dataset: dict, fewshot: str, classes: str, seed: int, out: str,
+                      features: str | None = None, augment: dict | None = None,
+                      workers: int = 0) -> dict:
     gen = set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
     backbone.max_pairs = max_pairs(params)

@@ -1,0 +1,264 @@
+"""The documentation: `pdiff docs` rebuilds docs/results.md and the README's results block from a
+report's summary.json (stamped with commit, machine and date), the README stays a short user
+guide that starts with the two commands, and no relative link in README.md or docs/ is broken."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from pdiff.errors import PdiffError
+from pdiff.report import make_report
+from pdiff.report.docs import END, START, git_commit, machine, write_docs
+from pdiff.report.output import fmt, fmt_signed
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+README_MAX_LINES = 250
+
+SEEDS = (1, 2)
+METHODS = ("coop", "vpt")
+B2N = ("shapes", "icons")
+CROSS = ("icons", "glyphs")
+DG = ("shapes_sketch",)
+PAPER = {"overfit": "paper", "diffusion": "paper", "sampling": "paper"}
+STEPS1 = {"sampling": "steps=1"}
+PARAMS = {
+    "protocols": {
+        "base2new": {"datasets": list(B2N)},
+        "cross_dataset": {"source": "shapes", "targets": list(CROSS)},
+        "domain_generalization": {"source": "shapes", "targets": list(DG)},
+    },
+    "methods": ["zeroshot", *METHODS],
+    "seeds": list(SEEDS),
+    "reference": True,
+    "presets": {"paper": {m: PAPER for m in METHODS}},
+}
+
+
+def _accuracy(mode: str, method: str, seed, target: str, split: str, variant: dict | None) -> float:
+    """Made-up but distinct accuracies: CoOp's prompt diffusion beats its host by more than 3 HM,
+    VPT's loses to it; seeds differ so that there are standard errors."""
+    acc = {"zeroshot": 40.0, "baseline": 60.0, "diffusion": 60.0}[mode] + (seed or 0)
+    acc += 3.0 * (split == "base") + len(target) % 3
+    if mode == "diffusion":
+        acc += {"coop": 6.0, "vpt": -2.0}[method] + 0.5 * (seed or 0)
+        acc -= 1.0 * (variant == PAPER) + 2.0 * (variant == STEPS1)
+    return acc
+
+
+def _record(mode, method, train, classes, seed, target, split, variant=None) -> dict:
+    rec = {"mode": mode, "method": method, "train_dataset": train, "train_classes": classes,
+           "seed": seed, "target": target, "split": split,
+           "accuracy": _accuracy(mode, method, seed, target, split, variant), "correct": 1,
+           "total": 100, "ece": 5.0, "seconds": 1.0, "images_per_second": 100.0,
+           "nfe": 5 if mode == "diffusion" else 0, "sampling": None}
+    if mode == "diffusion":
+        rec["sampling"] = {"solver": "euler", "steps": 1 if variant == STEPS1 else 5, "draws": 1}
+    return rec | ({"variant": variant} if variant else {})
+
+
+def _evaluations(folder: Path) -> list[Path]:
+    """Evaluation bundles for every table: zero-shot, host and prompt diffusion (as configured,
+    the paper's preset and one ablation setting, base-to-new only) on every protocol."""
+    records = [_record("zeroshot", "zeroshot", None, None, None, d, s)
+               for d in B2N for s in ("base", "new")]
+    records += [_record("zeroshot", "zeroshot", None, None, None, t, "all")
+                for t in ("shapes", *CROSS, *DG)]
+    for m in METHODS:
+        for seed in SEEDS:
+            for mode, variant in (("baseline", None), ("diffusion", None), ("diffusion", PAPER),
+                                  ("diffusion", STEPS1)):
+                records += [_record(mode, m, d, "base", seed, d, s, variant)
+                            for d in B2N for s in ("base", "new")]
+                if variant != STEPS1:
+                    records += [_record(mode, m, "shapes", "all", seed, t, "all", variant)
+                                for t in ("shapes", *CROSS, *DG)]
+    # the ablation chooses on validation: each trained run's own test record again as "val"
+    records += [{**r, "split": "val", "classes": r["train_classes"]} for r in records
+                if r["mode"] != "zeroshot" and r["target"] == r["train_dataset"]
+                and r["split"] == r["train_classes"]]
+    paths = []
+    for i, rec in enumerate(records):  # one bundle each: the report reads any grouping
+        path = folder / f"eval{i}.json"
+        path.write_text(json.dumps({"evaluations": [rec]}))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def summary_path(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("docs_report")
+    (tmp / "evals").mkdir()
+    make_report(inputs=_evaluations(tmp / "evals"), params=PARAMS, out_dir=tmp / "report")
+    return tmp / "report" / "summary.json"
+
+
+@pytest.fixture
+def built(summary_path, tmp_path) -> tuple[str, str, dict]:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{START}\nold numbers\n{END}\nafter\n")
+    out = tmp_path / "docs" / "results.md"
+    write_docs(summary_path, out, readme, repo=ROOT)
+    return out.read_text(), readme.read_text(), json.loads(summary_path.read_text())
+
+
+def _line(text: str, start: str) -> str:
+    return next(x for x in text.splitlines() if x.startswith(start))
+
+
+def test_results_are_stamped_with_commit_machine_and_date(built):
+    results, readme, _ = built
+    model, cpus, avx512 = machine()
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    for text in (results, readme):
+        assert f"`{git_commit(ROOT)}`" in text
+        assert model in text and f"{cpus} CPUs" in text
+        assert ("no AVX-512" in text) is (avx512 is False)
+        assert today in text
+    assert results.startswith("<!-- Generated by `pdiff docs`")
+    assert "not the paper's benchmark" in results and "not the paper's benchmark" in readme
+
+
+def test_results_hold_every_protocol_table(built):
+    results, _, summary = built
+    for title in ("## Does prompt diffusion beat its host?", "## Base-to-new generalisation",
+                  "### Per dataset", "## Cross-dataset transfer", "## Domain generalisation",
+                  "## Ablation settings", "### Best setting per method", "## Diagnosis of the DiTs",
+                  "## Evaluation cost", "## Published numbers"):
+        assert title in results, title
+    for row in summary["base2new"]["rows"]:  # every row, at the report's precision
+        a = row["average"]
+        assert (f"| {row['label']} | {fmt(a['base'], a['base_se'])} | {fmt(a['new'], a['new_se'])}"
+                f" | {fmt(a['hm'], a['hm_se'])} | {row['n_seeds']} |") in results
+    for protocol in ("cross_dataset", "domain_generalization"):
+        for row in summary[protocol]["rows"]:
+            avg = fmt(row["average"]["accuracy"], row["average"]["se"])
+            assert _line(results, f"| {row['label']} | {fmt(row['source']['accuracy'])}"
+                         ).endswith(f"| {avg} | {row['n_seeds']} |")
+    assert "| CoOp + prompt diffusion | sampling: steps=1 |" in results
+    assert "| CoOp (published) |" not in results and "| CoOp | 82.69 | 63.22 | 71.66 |" in results
+
+
+def test_one_line_per_host_method_says_whether_prompt_diffusion_beats_it(built):
+    _, readme, summary = built
+    gains = {(g["method"], g["tag"]): g for g in summary["base2new"]["diffusion_gain"]}
+    coop, vpt = gains[("coop", "pdiff")], gains[("vpt", "pdiff")]
+    assert coop["hm"] >= 3 > 0 > vpt["hm"]  # the made-up numbers cover both verdicts
+    header = _line(readme, "| Host method |")
+    assert "Δ cross-dataset" in header and "Δ DG" in header and "(paper preset)" in header
+    line = _line(readme, "| CoOp |")
+    assert f"| {fmt_signed(coop['hm'], coop['hm_se'])} |" in line
+    paper = gains[("coop", "paper")]
+    assert line.endswith(f"| {fmt_signed(paper['hm'], paper['hm_se'])} | yes, ≥ +3 HM target |")
+    assert _line(readme, "| VPT |").endswith("| no |")
+    assert "| CoOp + prompt diffusion |" not in readme  # the full tables stay in docs/
+    assert "[docs/results.md](docs/results.md)" in readme
+
+
+def test_readme_block_is_replaced_in_place_and_rebuilt_identically(built, summary_path, tmp_path):
+    _, readme, _ = built
+    assert readme.startswith("# title\n\nbefore\n" + START + "\n")
+    assert readme.endswith(END + "\nafter\n") and "old numbers" not in readme
+    write_docs(summary_path, tmp_path / "docs" / "results.md", tmp_path / "README.md", repo=ROOT)
+    rebuilt = (tmp_path / "README.md").read_text()
+    assert rebuilt.count(START) == 1 and rebuilt.split(START)[0] == readme.split(START)[0]
+
+
+def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):
+    (tmp_path / "README.md").write_text("# no markers\n")
+    with pytest.raises(PdiffError, match="results:start"):
+        write_docs(summary_path, tmp_path / "results.md", tmp_path / "README.md")
+    assert not (tmp_path / "results.md").exists()
+    with pytest.raises(PdiffError, match="does not exist"):
+        write_docs(tmp_path / "missing.json", tmp_path / "results.md")
+
+
+def test_a_transfer_only_report_is_judged_on_its_transfer_average(tmp_path):
+    (tmp_path / "evals").mkdir()
+    params = {"protocols": {"cross_dataset": PARAMS["protocols"]["cross_dataset"]},
+              "methods": ["coop"], "seeds": [1], "presets": PARAMS["presets"]}
+    inputs = [p for p in _evaluations(tmp_path / "evals")
+              if json.loads(p.read_text())["evaluations"][0]["target"] in ("shapes", *CROSS)
+              and json.loads(p.read_text())["evaluations"][0]["split"] == "all"]
+    make_report(inputs=inputs, params=params, out_dir=tmp_path / "report")
+    out = tmp_path / "results.md"
+    write_docs(tmp_path / "report" / "summary.json", out, label="a transfer study")
+    text = out.read_text()
+    assert "## Base-to-new generalisation" not in text and "## Cross-dataset transfer" in text
+    assert "| Host method | Seeds | Host cross-dataset |" in text and "1 seed (1)" in text
+    assert _line(text, "| CoOp | 1 |").endswith("| yes |")  # +6 points, no target set
+
+
+def test_machine_and_commit_where_unknown(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f\n"
+                       "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f\n")
+    assert machine(cpuinfo)[0] == "Test CPU 9000" and machine(cpuinfo)[2] is True
+    cpuinfo.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2\n")
+    assert machine(cpuinfo)[2] is False
+    assert machine(tmp_path / "absent")[0::2] == ("CPU unknown", None)
+    assert git_commit(tmp_path) == "unknown"  # not a repository
+
+
+def test_docs_command_runs_without_torch(summary_path, tmp_path):
+    """`python -m pdiff.report.docs` (what `make docs` runs) works without importing torch, so
+    the docs rebuild outside the pipeline's environment."""
+    out = tmp_path / "results.md"
+    code = ("import sys, runpy; sys.argv = ['docs', sys.argv[1], '--out', sys.argv[2]]\n"
+            "try:\n    runpy.run_module('pdiff.report.docs', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'pdiff docs imported torch'\n")
+    subprocess.run([sys.executable, "-c", code, str(summary_path), str(out)], cwd=ROOT,
+                   check=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert "## Base-to-new generalisation" in out.read_text()
+
+
+def test_pdiff_docs_subcommand(summary_path, tmp_path):
+    from pdiff.cli import main
+
+    out = tmp_path / "results.md"
+    assert main(["docs", str(summary_path), "--out", str(out)]) == 0
+    assert "# Results" in out.read_text()
+    assert main(["docs", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+
+
+# --- the repository's own documentation ---------------------------------------------------
+
+
+def test_readme_is_short_and_starts_with_the_two_commands():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines"
+    fence = next(i for i, x in enumerate(lines) if x.startswith("```"))
+    assert fence < 5, "the README opens with its commands"
+    block = lines[fence + 1:lines.index("```", fence + 1)]
+    assert [x.split()[:2] for x in block[:2]] == [["make", "demo"], ["make", "test"]]
+    assert README.read_text().count(START) == 1 and README.read_text().count(END) == 1
+
+
+LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|^\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
+
+
+def _relative_links(path: Path) -> list[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
+    targets = [a or b for a, b in LINK.findall(text)]
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:|#", t)]
+
+
+def test_every_relative_link_points_to_a_file():
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    assert len(pages) > 1
+    broken = []
+    for page in pages:
+        for target in _relative_links(page):
+            if not (page.parent / target.split("#")[0].strip("<>")).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
