@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from pdiff.errors import PdiffError
+from pdiff.provenance import git_commit, machine
 from pdiff.report import make_report
-from pdiff.report.docs import END, START, git_commit, machine, write_docs
+from pdiff.report.docs import END, START, _verdict, write_docs
 from pdiff.report.output import fmt, fmt_signed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,8 +158,9 @@ def test_one_line_per_host_method_says_whether_prompt_diffusion_beats_it(built):
     line = _line(readme, "| CoOp |")
     assert f"| {fmt_signed(coop['hm'], coop['hm_se'])} |" in line
     paper = gains[("coop", "paper")]
-    assert line.endswith(f"| {fmt_signed(paper['hm'], paper['hm_se'])} | yes, ≥ +3 HM target |")
-    assert _line(readme, "| VPT |").endswith("| no |")
+    assert line.endswith(f"| {fmt_signed(paper['hm'], paper['hm_se'])} | "
+                         "yes, on every protocol (≥ the +3 HM target) |")
+    assert _line(readme, "| VPT |").endswith("| no, on no protocol |")
     assert "| CoOp + prompt diffusion |" not in readme  # the full tables stay in docs/
     assert "[docs/results.md](docs/results.md)" in readme
 
@@ -179,6 +181,30 @@ def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, t
     assert not (tmp_path / "results.md").exists()
     with pytest.raises(PdiffError, match="does not exist"):
         write_docs(tmp_path / "missing.json", tmp_path / "results.md")
+
+
+def test_the_stamp_is_the_code_and_machine_the_report_recorded(summary_path, tmp_path):
+    summary = json.loads(summary_path.read_text())
+    assert summary["provenance"]["commit"] == git_commit(ROOT)  # make_report records it
+    other = {**summary, "provenance": {"commit": "abc1234", "cpu": "Other CPU", "cpus": 8,
+                                       "avx512": False}}
+    (tmp_path / "summary.json").write_text(json.dumps(other))
+    stamp = write_docs(tmp_path / "summary.json", tmp_path / "results.md", repo=ROOT)
+    assert (stamp.commit, stamp.machine) == ("abc1234", "Other CPU, 8 CPUs, no AVX-512")
+    del other["provenance"]  # written before the report recorded it: where this runs
+    (tmp_path / "summary.json").write_text(json.dumps(other))
+    stamp = write_docs(tmp_path / "summary.json", tmp_path / "results.md", repo=ROOT)
+    assert stamp.commit == git_commit(ROOT) and stamp.cpu == machine()[0]
+
+
+def test_the_verdict_names_each_protocol_won_and_lost():
+    assert _verdict({"HM": 1.0, "cross-dataset": -3.4, "DG": -2.5}, 3.0) == (
+        "on HM; not on cross-dataset, DG (under the +3 HM target)")
+    assert _verdict({"HM": 7.4, "cross-dataset": -4.7, "DG": 6.9}, 3.0) == (
+        "on HM, DG; not on cross-dataset (≥ the +3 HM target)")
+    assert _verdict({"HM": -0.5, "cross-dataset": 1.0, "DG": None}, 3.0) == (
+        "on cross-dataset; not on HM")
+    assert _verdict({"cross-dataset": 2.0}, None) == "yes"
 
 
 def test_a_transfer_only_report_is_judged_on_its_transfer_average(tmp_path):

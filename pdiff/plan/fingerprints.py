@@ -20,7 +20,8 @@ output, everything downstream), like a params change. Each rule that runs pdiff 
   evaluate_baseline  evaluate.py                       (evaluate_val_baseline too)
   evaluate_diffusion evaluate.py, diffusion/sampler.py (evaluate_val_diffusion too)
   evaluate_zeroshot  evaluate.py, zeroshot's modules   (method_modules("zeroshot"))
-  report             report/
+  report             report/, provenance.py             (summary.json records the commit
+                     and machine the report ran at)
 
 Each section's defaults live in its stage's modules (OverfitConfig in overfit.py, SamplingConfig
 in diffusion/sampler.py, TrainConfig and the methods' in methods/), so they are fingerprinted
@@ -82,7 +83,7 @@ RULE_MODULES = {
     "evaluate_baseline": ("pdiff/evaluate.py",),
     "evaluate_diffusion": ("pdiff/evaluate.py", "pdiff/diffusion/sampler.py"),
     "evaluate_zeroshot": ("pdiff/evaluate.py",),
-    "report": ("pdiff/report",),
+    "report": ("pdiff/report", "pdiff/provenance.py"),
 }
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from pdiff.errors import PdiffError
 from pdiff.plan.names import DEFAULT, TRANSFER, VAL, default_ablation_protocols
+from pdiff.provenance import provenance
 from pdiff.report.ablation import ablation_choice, ablation_rows, write_ablation
 from pdiff.report.diagnosis import diagnosis_rows, load_diagnostics, underfit_dits, write_diagnosis
 from pdiff.report.output import bars, jsonable, write_text
@@ -214,6 +215,7 @@ def make_report(*, inputs: list[Path], params: dict, out_dir: Path,
         }
     summary["cost"] = evaluation_cost(index, acc.used, rows)
     summary["inputs"] = sorted({r["_file"] for r in index.values()})
+    summary["provenance"] = provenance()
     write_text(
         out_dir / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n"
     )

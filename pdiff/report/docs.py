@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 from pdiff.errors import PdiffError
 from pdiff.plan.names import TRANSFER
+from pdiff.provenance import git_commit, machine
 from pdiff.report.ablation import HEADLINE, VAL_NAMES
 from pdiff.report.output import fmt, fmt_signed, md_table, write_text
 from pdiff.report.protocols import METHOD_NAMES, PROTOCOL_TITLES
@@ -68,47 +68,24 @@ class Stamp:
                 f"`{self.source}` (written {self.source_date})")
 
 
-def git_commit(repo: Path) -> str:
-    """The short commit of HEAD in `repo`, or "unknown" (no git, not a repository)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                             capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, int | None, bool | None]:
-    """CPU model, usable CPUs and whether AVX-512 is present (None where unknown: no
-    /proc/cpuinfo outside Linux). AVX-512 matters: it changes CPU timings by 2-3x here."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        text = ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    model = fields.get("model name") or fields.get("Model") or "CPU unknown"
-    flags = fields.get("flags")
-    avx512 = None if flags is None else "avx512f" in flags.split()
-    try:  # the CPUs this process may use (a container's share, not the host's)
-        cpus: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count()
-    return model, cpus, avx512
-
-
 def make_stamp(summary_path: Path, repo: Path, cpuinfo: Path = Path("/proc/cpuinfo"),
                now: datetime | None = None) -> Stamp:
-    model, cpus, avx512 = machine(cpuinfo)
+    """The code and machine the summary records (the report writes them), else those of where
+    this runs (summaries written before the report recorded them)."""
+    recorded = load_summary(summary_path).get("provenance")
+    if recorded:
+        commit, model = recorded["commit"], recorded["cpu"]
+        cpus, avx512 = recorded["cpus"], recorded["avx512"]
+    else:
+        commit = git_commit(repo)
+        model, cpus, avx512 = machine(cpuinfo)
     now = now or datetime.now(timezone.utc)
     written = datetime.fromtimestamp(summary_path.stat().st_mtime, timezone.utc)
     try:
         source = summary_path.resolve().relative_to(repo.resolve()).as_posix()
     except ValueError:
         source = summary_path.as_posix()
-    return Stamp(git_commit(repo), model, cpus, avx512, now.strftime("%Y-%m-%d %H:%M UTC"),
+    return Stamp(commit, model, cpus, avx512, now.strftime("%Y-%m-%d %H:%M UTC"),
                  source, written.strftime("%Y-%m-%d %H:%M UTC"))
 
 
@@ -165,13 +142,21 @@ def _tags(summary: dict) -> tuple[str | None, list[str]]:
     return own, [t for t in tags if t not in (None, "pdiff")]
 
 
-def _verdict(delta: float, target: float | None, measure: str) -> str:
-    if delta <= 0:
-        return "no"
-    if target is None:
-        return "yes"
-    met = delta >= target
-    return f"yes, {'≥' if met else 'under the'} +{target:g} {measure} target"
+def _verdict(deltas: dict[str, float | None], target: float | None) -> str:
+    """Whether prompt diffusion beats its host, protocol by protocol (a gain on base-to-new
+    that loses transfer accuracy is not a plain "yes"), and whether it meets the HM target."""
+    known = {name: d for name, d in deltas.items() if d is not None}
+    wins = [n for n, d in known.items() if d > 0]
+    losses = [n for n, d in known.items() if d <= 0]
+    if not losses:
+        verdict = "yes" if len(known) == 1 else "yes, on every protocol"
+    elif not wins:
+        verdict = "no" if len(known) == 1 else "no, on no protocol"
+    else:
+        verdict = f"on {', '.join(wins)}; not on {', '.join(losses)}"
+    if target is not None and known.get("HM", 0) > 0:
+        verdict += f" ({'≥' if known['HM'] >= target else 'under'} the +{target:g} HM target)"
+    return verdict
 
 
 def host_table(summary: dict) -> str:
@@ -214,9 +199,11 @@ def host_table(summary: dict) -> str:
             line = [METHOD_NAMES.get(method, method), str(pd["n_seeds"]),
                     fmt(host["average"]["accuracy"], host["average"]["se"]),
                     fmt(pd["average"]["accuracy"], pd["average"]["se"])]
+        deltas = {"HM" if b2n else measure: delta}
         for p in transfer:
             tg = transfer_gain(summary, p, method, own)
             line.append("–" if tg is None else fmt_signed(*tg))
+            deltas.setdefault(SHORT[p], None if tg is None else tg[0])
         for t in presets:
             if b2n:
                 pg = gains.get((method, t))
@@ -224,7 +211,7 @@ def host_table(summary: dict) -> str:
             else:
                 tg = transfer_gain(summary, transfer[0], method, t)
                 line.append("–" if tg is None else fmt_signed(*tg))
-        line.append(_verdict(delta, target, measure))
+        line.append(_verdict(deltas, target))
         lines.append(line)
     return md_table(header, lines)
 
