@@ -400,9 +400,11 @@ def results_markdown(summary: dict, stamp: Stamp, label: str) -> str:
                                  ["generated", stamp.date],
                                  ["from", f"`{stamp.source}` (written {stamp.source_date})"]],
                  left=2),
-        "The commit and machine are those where `pdiff docs` ran; run it where and when the "
-        "pipeline ran (`make demo docs`). How each default was chosen: "
-        "[defaults.md](defaults.md).\n",
+        ("The commit and machine are those the report ran at (summary.json's provenance). "
+         if "provenance" in summary else
+         "The commit and machine are those where `pdiff docs` ran (this summary predates the "
+         "report's provenance record). ")
+        + "How each default was chosen: [defaults.md](defaults.md).\n",
         "## Does prompt diffusion beat its host?\n",
         f"{_how(summary)}\n",
         host_table(summary),
