@@ -149,6 +149,48 @@ def dataset_spec(name: str) -> dict:
             "template": "a photo of a {}."}
 
 
+# A CoOp run on the tiny world, stage by stage through the CLI (seconds): the recipes, and the
+# runner that builds it for the modules that test what the stages write or refuse.
+TINY_COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
+             "epochs": 2, "warmup_epochs": 1}
+TINY_OVERFIT = {"steps": 2, "lr": 0.01, "batch_size": 4}
+TINY_DIFFUSION = {"objective": "flow", "target": "residual", "normalise": "scalar", "depth": 1,
+                  "width": 32, "heads": 2, "steps": 10, "batch_size": 8, "lr": 0.001,
+                  "weight_decay": 0.0, "ema": 0.99, "cls_weight": 0.0, "holdout": 0.0}
+
+
+def run_cli(*args: str, log_level: str = "WARNING") -> int:
+    """`pdiff <args>` in this process, on one thread: its exit code."""
+    from pdiff.cli import main
+
+    return main([*args, "--threads", "1", "--log-level", log_level])
+
+
+def tiny_coop_run(d: Path, data_root: str, backbone_spec: dict, *, coop: dict = TINY_COOP,
+                  overfit: dict = TINY_OVERFIT, diffusion: dict | None = TINY_DIFFUSION,
+                  features: bool = False, diagnostics: bool = False) -> Path:
+    """fewshot (2 shots, seed 1) -> [features] -> train -> overfit -> [fit-diffusion] for CoOp on
+    the base classes of `shapes` under `data_root`, written into `d`."""
+    bb, ds = json.dumps(backbone_spec), json.dumps(dataset_spec("shapes"))
+    data = ["--data-root", data_root, "--dataset", ds]
+    assert run_cli("fewshot", *data, "--shots", "2", "--seed", "1", "--out", f"{d}/fs.json") == 0
+    if features:
+        assert run_cli("features", "--backbone", bb, *data, "--fewshot", f"{d}/fs.json",
+                       "--out", f"{d}/fs.h5") == 0
+    assert run_cli("train", "--method", "coop", "--params", json.dumps(coop), "--backbone", bb,
+                   *data, "--fewshot", f"{d}/fs.json", "--classes", "base", "--seed", "1",
+                   "--out", f"{d}/prompt.safetensors") == 0
+    assert run_cli("overfit", "--prompt", f"{d}/prompt.safetensors", "--backbone", bb, *data,
+                   "--fewshot", f"{d}/fs.json", "--params", json.dumps(overfit), "--seed", "1",
+                   "--out", f"{d}/store.h5") == 0
+    if diffusion is not None:
+        extra = ["--diagnostics", f"{d}/dit.json"] if diagnostics else []
+        assert run_cli("fit-diffusion", "--prompt", f"{d}/prompt.safetensors", "--store",
+                       f"{d}/store.h5", "--backbone", bb, "--params", json.dumps(diffusion),
+                       "--seed", "1", "--out", f"{d}/dit.safetensors", *extra) == 0
+    return d
+
+
 # ---------------------------------------------------------------------------------------------
 # The smoke run: the smoke config plus a user's dataset, for real, and what it must produce
 # ---------------------------------------------------------------------------------------------

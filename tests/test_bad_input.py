@@ -19,8 +19,16 @@ from pathlib import Path
 import h5py
 import pytest
 
-from pdiff.cli import main
-from tests.helpers import SMOKE, dataset_spec, load, set_key, snakemake, write_config
+from tests.helpers import (
+    SMOKE,
+    dataset_spec,
+    load,
+    run_cli,
+    set_key,
+    snakemake,
+    tiny_coop_run,
+    write_config,
+)
 
 COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
         "epochs": 1}
@@ -66,7 +74,7 @@ def test_config_violation_stops_before_any_job(tmp_path, key, value, expected):
 
 
 def _run(*args: str) -> int:
-    return main([*args, "--threads", "1", "--log-level", "ERROR"])
+    return run_cli(*args, log_level="ERROR")
 
 
 def _one_error(err: str, command: str) -> str:
@@ -80,19 +88,11 @@ def _one_error(err: str, command: str) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, world, backbone_spec):
     """A private copy of the `shapes` dataset (cases corrupt it), its draw, a CoOp prompt and
-    store, and a DiT."""
+    store."""
     d = tmp_path_factory.mktemp("bad_input")
     shutil.copytree(Path(world) / "shapes", d / "data" / "shapes")
-    bb, ds = json.dumps(backbone_spec), json.dumps(dataset_spec("shapes"))
-    data = ["--data-root", str(d / "data"), "--dataset", ds]
-    assert _run("fewshot", *data, "--shots", "2", "--seed", "1", "--out", f"{d}/fs.json") == 0
-    assert _run("train", "--method", "coop", "--params", json.dumps(COOP), "--backbone", bb,
-                *data, "--fewshot", f"{d}/fs.json", "--classes", "base", "--seed", "1",
-                "--out", f"{d}/prompt.safetensors") == 0
-    assert _run("overfit", "--prompt", f"{d}/prompt.safetensors", "--backbone", bb, *data,
-                "--fewshot", f"{d}/fs.json", "--params", json.dumps(OVERFIT), "--seed", "1",
-                "--out", f"{d}/store.h5") == 0
-    return d
+    return tiny_coop_run(d, str(d / "data"), backbone_spec, coop=COOP, overfit=OVERFIT,
+                         diffusion=None)
 
 
 def _store_with(run: Path, tmp: Path, **attrs) -> Path:

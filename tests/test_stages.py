@@ -9,43 +9,29 @@ import numpy as np
 import pytest
 
 import pdiff.overfit
-from pdiff.cli import main
 from pdiff.methods import get_method
 from pdiff.store import read_store
-from tests.helpers import dataset_spec
+from tests.helpers import (
+    TINY_COOP,
+    TINY_DIFFUSION,
+    TINY_OVERFIT,
+    dataset_spec,
+    run_cli,
+    tiny_coop_run,
+)
 
-COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
-        "epochs": 2, "warmup_epochs": 1}
-OVERFIT = {"steps": 2, "lr": 0.01, "batch_size": 4}
-DIFFUSION = {"objective": "flow", "target": "residual", "normalise": "scalar", "depth": 1,
-             "width": 32, "heads": 2, "steps": 10, "batch_size": 8, "lr": 0.001,
-             "weight_decay": 0.0, "ema": 0.99, "cls_weight": 0.5, "holdout": 0.25}
+COOP, OVERFIT = TINY_COOP, TINY_OVERFIT
+DIFFUSION = {**TINY_DIFFUSION, "cls_weight": 0.5, "holdout": 0.25}
 EVAL = {"evaluation": {"batch_size": 64},
         "sampling": {"solver": "euler", "steps": 3, "start": "zero", "draws": 2}}
-
-
-def _run(*args: str) -> int:
-    return main([*args, "--threads", "1", "--log-level", "WARNING"])
+_run = run_cli
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, world, backbone_spec):
     """fewshot -> train -> overfit -> fit-diffusion for CoOp on the base classes of `shapes`."""
-    d = tmp_path_factory.mktemp("run")
-    bb, ds = json.dumps(backbone_spec), json.dumps(dataset_spec("shapes"))
-    data = ["--data-root", world, "--dataset", ds]
-    assert _run("fewshot", *data, "--shots", "2", "--seed", "1", "--out", f"{d}/fs.json") == 0
-    assert _run("train", "--method", "coop", "--params", json.dumps(COOP), "--backbone", bb,
-                *data, "--fewshot", f"{d}/fs.json", "--classes", "base", "--seed", "1",
-                "--out", f"{d}/prompt.safetensors") == 0
-    assert _run("overfit", "--prompt", f"{d}/prompt.safetensors", "--backbone", bb, *data,
-                "--fewshot", f"{d}/fs.json", "--params", json.dumps(OVERFIT), "--seed", "1",
-                "--out", f"{d}/store.h5") == 0
-    assert _run("fit-diffusion", "--prompt", f"{d}/prompt.safetensors", "--store",
-                f"{d}/store.h5", "--backbone", bb, "--params", json.dumps(DIFFUSION),
-                "--seed", "1", "--out", f"{d}/dit.safetensors", "--diagnostics",
-                f"{d}/dit.json") == 0
-    return d
+    return tiny_coop_run(tmp_path_factory.mktemp("run"), world, backbone_spec,
+                         diffusion=DIFFUSION, diagnostics=True)
 
 
 def test_store_holds_one_overfitted_prompt_per_base_training_sample(run_dir):

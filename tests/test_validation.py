@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from pdiff.cli import main
 from pdiff.errors import PdiffError
 from pdiff.report import make_report
 from pdiff.report.ablation import best_settings
@@ -19,8 +18,10 @@ from tests.helpers import (
     dataset_spec,
     job_counts,
     load,
+    run_cli,
     shell_commands,
     snakemake,
+    tiny_coop_run,
     write_config,
 )
 
@@ -222,40 +223,17 @@ def test_validation_records_reach_no_protocol_table_or_diagnosis(tmp_path):
 # `pdiff evaluate` on a run's validation split
 # ---------------------------------------------------------------------------------------------
 
-COOP = {"n_ctx": 4, "init": "random", "optimizer": "adam", "lr": 0.002, "batch_size": 8,
-        "epochs": 2, "warmup_epochs": 1}
-OVERFIT = {"steps": 2, "lr": 0.01, "batch_size": 4}
-DIFFUSION = {"objective": "flow", "target": "residual", "normalise": "scalar", "depth": 1,
-             "width": 32, "heads": 2, "steps": 10, "batch_size": 8, "lr": 0.001,
-             "weight_decay": 0.0, "ema": 0.99, "cls_weight": 0.0, "holdout": 0.0}
 EVAL = {"evaluation": {"batch_size": 64},
         "sampling": {"solver": "euler", "steps": 3, "start": "noise", "draws": 1}}
-
-
-def _run(*args: str) -> int:
-    return main([*args, "--threads", "1", "--log-level", "WARNING"])
+_run = run_cli
 
 
 @pytest.fixture(scope="module")
 def val_run(tmp_path_factory, world, backbone_spec):
     """fewshot -> features -> train -> overfit -> fit-diffusion, CoOp on shapes' base classes
     (the tiny world: 8 classes, 2 validation images each)."""
-    d = tmp_path_factory.mktemp("val_run")
-    bb, ds = json.dumps(backbone_spec), json.dumps(dataset_spec("shapes"))
-    data = ["--data-root", world, "--dataset", ds]
-    assert _run("fewshot", *data, "--shots", "2", "--seed", "1", "--out", f"{d}/fs.json") == 0
-    assert _run("features", "--backbone", bb, *data, "--fewshot", f"{d}/fs.json",
-                "--out", f"{d}/fs.h5") == 0
-    assert _run("train", "--method", "coop", "--params", json.dumps(COOP), "--backbone", bb,
-                *data, "--fewshot", f"{d}/fs.json", "--classes", "base", "--seed", "1",
-                "--out", f"{d}/prompt.safetensors") == 0
-    assert _run("overfit", "--prompt", f"{d}/prompt.safetensors", "--backbone", bb, *data,
-                "--fewshot", f"{d}/fs.json", "--params", json.dumps(OVERFIT), "--seed", "1",
-                "--out", f"{d}/store.h5") == 0
-    assert _run("fit-diffusion", "--prompt", f"{d}/prompt.safetensors", "--store",
-                f"{d}/store.h5", "--backbone", bb, "--params", json.dumps(DIFFUSION),
-                "--seed", "1", "--out", f"{d}/dit.safetensors") == 0
-    return d
+    return tiny_coop_run(tmp_path_factory.mktemp("val_run"), world, backbone_spec,
+                         features=True)
 
 
 def _val_set(run: Path, features: bool = True, **extra) -> dict:
