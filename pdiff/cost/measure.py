@@ -124,7 +124,10 @@ def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
 
     names = [f"name {i:03d}" for i in range(shape["classes"])]  # "name" + 3 digits: 4 tokens
     texts = ClassTexts(backbone, names, N_CTX).to(dev)
-    seq = float(shape["prompts"] * (texts.eot + 1).sum())  # each sequence's own length
+    # positions encoded: each prompt's "[SOT] context" once (shared by its classes, as the
+    # stages encode them), then every class's own "name . [EOT]" (the cost model's unit)
+    prefix = 1 + N_CTX
+    seq = float(shape["prompts"] * (prefix + (texts.eot + 1 - prefix).sum()))
     ctx = torch.randn(shape["prompts"], N_CTX, backbone.text_width, device=dev) * 0.02
 
     def text_fwd() -> torch.Tensor:

@@ -8,9 +8,10 @@ depend on the machine:
 image forwards         frozen image-tower passes, one per image (no autograd)
 image fwd+bwd          image-tower passes with backward to deep visual prompts (VPT, MaPLe,
                        PromptSRC: prompts enter the image encoder)
-text token-positions   class-text encodings x their own token length ([SOT] context class-name
-                       "." [EOT], or a template around the name), forward or forward+backward:
-                       a per-image prompt means images x classes of them
+text token-positions   token positions the class-text encoder computes: per prompt its "[SOT]
+                       context" prefix once (shared by every class, pdiff.prefix_sharing), then
+                       each class's "name . [EOT]" (or a template around the name), forward
+                       or forward+backward: a per-image prompt means images x classes of them
 DiT token-rows         training: steps x batch rows x prompt tokens; sampling: images x draws x
                        network evaluations (NFE) x prompt tokens
 decoded images         image files decoded and preprocessed by the DataLoader's workers
@@ -435,8 +436,10 @@ class Estimator:
         return n * size.fraction(split)
 
     def _seq(self, size: DatasetSize, split: str, positions: int) -> float:
-        """Token-positions of the split's class texts "[SOT] context name . [EOT]"."""
-        return len(size.labels(split)) * (3 + positions) + size.names(split)
+        """Token-positions one prompt's class texts "[SOT] context name . [EOT]" encode: the
+        "[SOT] context" prefix once, shared by every class (pdiff.prefix_sharing, exact for
+        CLIP's causal text tower), then each class's "name . [EOT]"."""
+        return 1 + positions + 2 * len(size.labels(split)) + size.names(split)
 
     def _templated(self, size: DatasetSize, split: str) -> float:
         return len(size.labels(split)) * size.template_tokens + size.names(split)

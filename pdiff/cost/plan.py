@@ -374,7 +374,8 @@ def format_plan(plan: Plan) -> str:
         f"device, the longest job {hours(total.longest)} h, peak memory {total.peak / 1e9:.3g} "
         f"GB; {pairs}.",
         "Units: images through the image tower (forward; forward+backward to prompts), text "
-        "token-positions (sequences x own length), DiT training steps; hours = the sum over "
+        "token-positions (a prompt's shared prefix once, then each class's own tokens), DiT "
+        "training steps; hours = the sum over "
         "jobs of start-up, device compute and image decoding (threads - 1 loader workers). "
         "Not counted: the local I/O rules and `pretrain` (the demo backbone).",
     ])
