@@ -144,6 +144,17 @@ def write_checkpoint(folder: Path, seed: int = 0) -> str:
     return str(path)
 
 
+def write_bundles(folder: Path, bundles: dict[str, list[dict]]) -> list[Path]:
+    """Evaluation bundles as `pdiff evaluate` writes them: file name -> its records."""
+    paths = []
+    for name, records in bundles.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"evaluations": records}))
+        paths.append(path)
+    return paths
+
+
 def dataset_spec(name: str) -> dict:
     return {"name": name, "folder": name, "split_file": f"split_zhou_{name}.json",
             "template": "a photo of a {}."}

@@ -13,6 +13,7 @@ from pdiff.errors import PdiffError
 from pdiff.report import make_report
 from pdiff.report.output import md_table, signed
 from pdiff.report.protocols import harmonic_mean
+from tests.helpers import write_bundles
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,13 +87,7 @@ def _write_inputs(tmp_path: Path, drop: tuple = ()) -> list[Path]:
         put(f"zs_{t}.json", _eval("zeroshot", "zeroshot", None, None, None, t, split, a))
     for (t, mode, s), a in TRANSFER.items():
         put(f"tr_{mode}_{s}.json", _eval(mode, "coop", "shapes", "all", s, t, "all", a))
-    paths = []
-    for name, records in bundles.items():
-        path = tmp_path / "evals" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"evaluations": records}))
-        paths.append(path)
-    return paths
+    return write_bundles(tmp_path / "evals", bundles)
 
 
 def _edit_first_record(path: Path, edit) -> None:

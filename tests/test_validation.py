@@ -22,6 +22,7 @@ from tests.helpers import (
     shell_commands,
     snakemake,
     tiny_coop_run,
+    write_bundles,
     write_config,
 )
 
@@ -111,13 +112,7 @@ def write_records(root: Path, test_seed: dict | None = None, val_seeds=(1, 2, 3)
                         name = "val_tr" if classes == "all" else f"val_b2n_{d}"
                         put(f"{name}_{tag}.json", _rec(mode, d, classes, s, d, "val",
                                                        base + vshift, setting))
-    paths = []
-    for name, records in bundles.items():
-        path = root / "evals" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"evaluations": records}))
-        paths.append(path)
-    return paths
+    return write_bundles(root / "evals", bundles)
 
 
 def _ablation(out: Path) -> dict[str, dict[str, str]]:
