@@ -174,6 +174,26 @@ def test_readme_block_is_replaced_in_place_and_rebuilt_identically(built, summar
     assert rebuilt.count(START) == 1 and rebuilt.split(START)[0] == readme.split(START)[0]
 
 
+def test_several_runs_share_one_host_table_and_keep_their_own_tables(summary_path, tmp_path):
+    other = json.loads(summary_path.read_text())
+    other["provenance"] = {**other["provenance"], "commit": "abc1234"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    out = tmp_path / "results.md"
+    write_docs([f"world 0={summary_path}", f"world 1={tmp_path / 'other.json'}"], out, readme,
+               repo=ROOT)
+    block, results = readme.read_text(), out.read_text()
+    assert _line(block, "| Run | Host method |")
+    coop = [x for x in block.splitlines() if x.startswith("| world ") and "| CoOp |" in x]
+    assert [x.split(" | ")[0] for x in coop] == ["| world 0", "| world 1"]
+    assert "world 0: 2 seeds" in block and "`abc1234`" in block  # each run's own stamp
+    assert "## world 0\n" in results and "## world 1\n" in results
+    assert results.count("### Base-to-new") == 2  # each run's tables, one level down
+    with pytest.raises(PdiffError, match="NAME=PATH"):
+        write_docs([summary_path, tmp_path / "other.json"], out)
+
+
 def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):
     (tmp_path / "README.md").write_text("# no markers\n")
     with pytest.raises(PdiffError, match="results:start"):

@@ -246,6 +246,40 @@ def test_ablation_config_plans_its_settings(tmp_path):
     assert entries("diffusion", "coop") == entries("diffusion", "vpt") + 1
 
 
+def test_quick_demo_keeps_every_host_preset_and_protocol_in_fewer_jobs(tmp_path):
+    quick = REPO / "config" / "quick.yaml"
+    counts, _ = plan(tmp_path / "quick", [DEMO, quick])
+    cfg = merge(load(DEMO), load(quick))
+    assert counts == expected_counts(cfg)
+    assert cfg["methods"] == load(DEMO)["methods"] and cfg["presets"] == ["paper"]
+    assert all(cfg["protocols"][p] for p in ("base2new", "cross_dataset", "domain_generalization"))
+    full, _ = plan(tmp_path / "full", DEMO)
+    assert sum(counts.values()) < 0.5 * sum(full.values())
+
+
+def test_defaults_are_chosen_on_seeds_and_reported_on_others(tmp_path):
+    """config/selection.yaml chooses on seed 1 of the quick demo (its own results, reused);
+    config/claims.yaml reports other seeds, and config/world1.yaml a world nothing chose on."""
+    quick, selection, claims, world1 = (REPO / "config" / f"{n}.yaml"
+                                        for n in ("quick", "selection", "claims", "world1"))
+    base = merge(load(DEMO), load(quick))
+    chose = merge(base, load(selection))
+    assert chose["results"] == base["results"] and chose["seeds"] == [1]
+    assert chose["ablation"]["protocols"] == ["base2new", "cross_dataset",
+                                              "domain_generalization"]
+    reported = merge(base, load(claims))
+    held_out = merge(reported, load(world1))
+    assert not set(reported["seeds"]) & set(chose["seeds"]) and len(reported["seeds"]) == 3
+    assert held_out["seeds"] == reported["seeds"]
+    assert held_out["world"]["seed"] != base["world"]["seed"]
+    assert len({c["results"] for c in (chose, reported, held_out)}) == 3
+    counts, _ = plan(tmp_path, [DEMO, quick, selection])
+    assert counts["evaluate_val_diffusion"] and counts["evaluate_val_baseline"] == 3 * 2
+    for cfgs in ([DEMO, quick, claims], [DEMO, quick, claims, world1]):
+        counts, _ = plan(tmp_path / str(len(cfgs)), cfgs)
+        assert counts["train"] == 3 * 2 * 3  # 3 hosts x (base-to-new + source run) x 3 seeds
+
+
 def test_per_method_sweep_plans_each_setting_once_per_method_and_protocol(tmp_path):
     overlays = [REPO / "config" / "all-methods.yaml", REPO / "config" / "per-method-sweep.yaml"]
     counts, _ = plan(tmp_path, [DEMO, *overlays])

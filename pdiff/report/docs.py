@@ -9,6 +9,9 @@ reads a report's ``summary.json`` (written by `make_report`) and writes
 - optionally, the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` in the
   README: one line per host method, whether prompt diffusion beats it.
 
+Several summaries (``NAME=PATH``, e.g. the demo world and a held-out world) give one table of
+prompt diffusion against its host with a row per host and run, then each run's tables.
+
 Both are stamped with the commit (``git rev-parse --short HEAD``), the machine (CPU model, CPUs,
 AVX-512) and the date, so a reader can tell which code and which machine a number belongs to.
 Torch-free (only the standard library and the report's formatting helpers), so the docs can be
@@ -89,6 +92,25 @@ def make_stamp(summary_path: Path, repo: Path, cpuinfo: Path = Path("/proc/cpuin
                  source, written.strftime("%Y-%m-%d %H:%M UTC"))
 
 
+@dataclass(frozen=True)
+class Run:
+    """One report the docs are made from: its short name (None alone), summary and stamp."""
+
+    name: str | None
+    summary: dict[str, Any]
+    stamp: Stamp
+
+
+def parse_source(text: str | os.PathLike) -> tuple[str | None, Path]:
+    """``NAME=PATH`` (a named run, e.g. ``"world 1=results/claims/world1/report/summary.json"``)
+    or a bare path."""
+    text = os.fspath(text)
+    name, sep, path = text.partition("=")
+    if sep and "/" not in name and name.strip() and path:
+        return name.strip(), Path(path)
+    return None, Path(text)
+
+
 def load_summary(path: Path) -> dict[str, Any]:
     try:
         summary = json.loads(Path(path).read_text())
@@ -159,9 +181,19 @@ def _verdict(deltas: dict[str, float | None], target: float | None) -> str:
     return verdict
 
 
-def host_table(summary: dict) -> str:
-    """One line per host method: its headline number, prompt diffusion's, the paired gain on
-    every protocol present and whether prompt diffusion beats the host."""
+def host_table(runs: Sequence[tuple[str | None, dict]]) -> str:
+    """One line per host method (and run, with several): its headline number, prompt
+    diffusion's, the paired gain on every protocol present and whether prompt diffusion beats
+    the host. Runs share one header: the first run's protocols and presets."""
+    named = len(runs) > 1
+    header, _ = _host_lines(runs[0][1])
+    lines = [([name] if named else []) + line
+             for method in runs[0][1]["methods"] for name, summary in runs
+             for line in _host_lines(summary, method)[1]]
+    return md_table((["Run"] if named else []) + header, lines, left=1 + named)
+
+
+def _host_lines(summary: dict, only: str | None = None) -> tuple[list[str], list[list[str]]]:
     own, presets = _tags(summary)
     b2n = summary.get("base2new")
     transfer = [p for p in TRANSFER if p in summary]
@@ -178,7 +210,7 @@ def host_table(summary: dict) -> str:
     header.append("Beats its host?")
     lines = []
     for method in summary["methods"]:
-        if method == "zeroshot":
+        if method == "zeroshot" or only not in (None, method):
             continue
         if b2n:
             pair = _pair(b2n["rows"], method, own)
@@ -213,12 +245,23 @@ def host_table(summary: dict) -> str:
                 line.append("–" if tg is None else fmt_signed(*tg))
         line.append(_verdict(deltas, target))
         lines.append(line)
-    return md_table(header, lines)
+    return header, lines
 
 
 def _seeds(summary: dict) -> str:
     seeds = summary["seeds"]
     return f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))})"
+
+
+def _runs_line(runs: Sequence[Run]) -> str:
+    """Seeds and stamp of each run (one stamp where they share commit and machine)."""
+    if len(runs) == 1:
+        return f"{_seeds(runs[0].summary)}; {runs[0].stamp.line()}"
+    parts = [f"{r.name}: {_seeds(r.summary)}" for r in runs]
+    stamps = {(r.stamp.commit, r.stamp.machine) for r in runs}
+    if len(stamps) == 1:
+        return f"{'; '.join(parts)}; {runs[0].stamp.line()}"
+    return "; ".join(f"{p}, {r.stamp.line()}" for p, r in zip(parts, runs, strict=True))
 
 
 def _how(summary: dict) -> str:
@@ -231,12 +274,12 @@ def _how(summary: dict) -> str:
     return text + "."
 
 
-def readme_block(summary: dict, stamp: Stamp, label: str, link: str) -> str:
+def readme_block(runs: Sequence[Run], label: str, link: str) -> str:
     """The README's results block: the host table, what it is and where the rest is."""
     return "\n".join([
-        f"Results of {label}; {_seeds(summary)}; {stamp.line()}. {_how(summary)}",
+        f"Results of {label}; {_runs_line(runs)}. {_how(runs[0].summary)}",
         "",
-        host_table(summary).rstrip("\n"),
+        host_table([(r.name, r.summary) for r in runs]).rstrip("\n"),
         "",
         f"Every table (per protocol, per dataset, ablations, cost): [{link}]({link}).",
     ])
@@ -390,25 +433,8 @@ def _reference(summary: dict) -> list[str]:
     return out
 
 
-def results_markdown(summary: dict, stamp: Stamp, label: str) -> str:
-    parts = [
-        GENERATED,
-        "",
-        "# Results\n",
-        f"**What these numbers are:** {label}. {_seeds(summary)}; accuracy in %.\n",
-        md_table(["Stamp", ""], [["commit", f"`{stamp.commit}`"], ["machine", stamp.machine],
-                                 ["generated", stamp.date],
-                                 ["from", f"`{stamp.source}` (written {stamp.source_date})"]],
-                 left=2),
-        ("The commit and machine are those the report ran at (summary.json's provenance). "
-         if "provenance" in summary else
-         "The commit and machine are those where `pdiff docs` ran (this summary predates the "
-         "report's provenance record). ")
-        + "How each default was chosen: [defaults.md](defaults.md).\n",
-        "## Does prompt diffusion beat its host?\n",
-        f"{_how(summary)}\n",
-        host_table(summary),
-    ]
+def _run_sections(summary: dict) -> list[str]:
+    parts: list[str] = []
     if "base2new" in summary:
         parts += _base2new(summary)
     for protocol in TRANSFER:
@@ -422,31 +448,80 @@ def results_markdown(summary: dict, stamp: Stamp, label: str) -> str:
         parts += _cost(summary)
     if summary.get("reference"):
         parts += _reference(summary)
+    return parts
+
+
+def _demoted(parts: list[str]) -> list[str]:
+    """Headings one level down (a run's sections under its own heading)."""
+    return [f"#{p}" if p.startswith("#") else p for p in parts]
+
+
+def _stamp_table(runs: Sequence[Run]) -> str:
+    fields = [("commit", lambda s: f"`{s.commit}`"), ("machine", lambda s: s.machine),
+              ("generated", lambda s: s.date),
+              ("from", lambda s: f"`{s.source}` (written {s.source_date})")]
+    header = ["Stamp", *([r.name for r in runs] if len(runs) > 1 else [""])]
+    return md_table(header, [[name, *(get(r.stamp) for r in runs)] for name, get in fields],
+                    left=len(header))
+
+
+def results_markdown(runs: Sequence[Run], label: str) -> str:
+    recorded = all("provenance" in r.summary for r in runs)
+    seeds = ("; ".join(f"{r.name}: {_seeds(r.summary)}" for r in runs) if len(runs) > 1
+             else _seeds(runs[0].summary))
+    parts = [
+        GENERATED,
+        "",
+        "# Results\n",
+        f"**What these numbers are:** {label}. {seeds}; accuracy in %.\n",
+        _stamp_table(runs),
+        ("The commit and machine are those the report ran at (summary.json's provenance). "
+         if recorded else
+         "The commit and machine are those where `pdiff docs` ran (this summary predates the "
+         "report's provenance record). ")
+        + "How each default was chosen: [defaults.md](defaults.md).\n",
+        "## Does prompt diffusion beat its host?\n",
+        f"{_how(runs[0].summary)}\n",
+        host_table([(r.name, r.summary) for r in runs]),
+    ]
+    if len(runs) == 1:
+        return "\n".join(parts + _run_sections(runs[0].summary))
+    for r in runs:
+        parts += [f"## {r.name}\n", *_demoted(_run_sections(r.summary))]
     return "\n".join(parts)
 
 
-def write_docs(summary_path: Path, out: Path, readme: Path | None = None,
-               label: str = DEMO_LABEL, repo: Path | None = None) -> Stamp:
-    """Write `out` (docs/results.md) and, given `readme`, its results block from a report's
-    summary.json. `repo` (default: the current folder) is where the commit is read."""
-    summary_path, out = Path(summary_path), Path(out)
-    summary = load_summary(summary_path)
+def write_docs(sources: str | os.PathLike | Sequence[str | os.PathLike], out: Path,
+               readme: Path | None = None, label: str = DEMO_LABEL,
+               repo: Path | None = None) -> Stamp:
+    """Write `out` (docs/results.md) and, given `readme`, its results block from one report's
+    summary.json or several (``NAME=PATH`` each, see `parse_source`). `repo` (default: the
+    current folder) is where the commit is read. Returns the first run's stamp."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    parsed = [parse_source(s) for s in sources]
+    if len(parsed) > 1 and any(name is None for name, _ in parsed):
+        raise PdiffError("several summaries need a name each: give them as NAME=PATH, e.g. "
+                         "'world 1=results/claims/world1/report/summary.json'")
+    out = Path(out)
     repo = Path(repo) if repo is not None else Path.cwd()
-    stamp = make_stamp(summary_path, repo)
+    runs = [Run(name if len(parsed) > 1 else None, load_summary(path), make_stamp(path, repo))
+            for name, path in parsed]
     if readme is not None:  # checked first: a README without markers changes nothing
         readme = Path(readme)
         link = os.path.relpath(out, readme.parent).replace(os.sep, "/")
-        new_readme = replace_block(readme.read_text(), readme_block(summary, stamp, label, link))
-    write_text(out, results_markdown(summary, stamp, label))
+        new_readme = replace_block(readme.read_text(), readme_block(runs, label, link))
+    write_text(out, results_markdown(runs, label))
     if readme is not None:
         write_text(readme, new_readme)
-    return stamp
+    return runs[0].stamp
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `pdiff docs` (shared with `python -m pdiff.report.docs`)."""
-    p.add_argument("summary", type=Path, nargs="?", default=Path("results/report/summary.json"),
-                   help="a report's summary.json (default: the demo's)")
+    p.add_argument("summary", nargs="*", default=["results/quick/report/summary.json"],
+                   help="a report's summary.json (default: the quick demo's), or several as "
+                        "NAME=PATH (one table of every run, then each run's tables)")
     p.add_argument("--out", type=Path, default=Path("docs/results.md"))
     p.add_argument("--readme", type=Path,
                    help=f"also rewrite this file's block between {START} and {END}")
