@@ -10,10 +10,12 @@ sequence is padded to the dataset's longest class name.
 The default fits ViT-B/16 on a 16 GiB card under autograd, the costliest case. Measured with the
 torch profiler on CPU, fp32 (`benchmarks/pair_budget.py`): a CoOp overfitting step over
 ImageNet's class names keeps 1.41 MiB per (image, class) pair with 4 context tokens (texts of
-9.2 tokens on average) and 2.1 MiB with 16, so 4,096 pairs hold 5.6 GiB (8.4 GiB) beside 0.56 GiB
-of weights. A chunk holds one token length, and ImageNet's longest text (18 tokens, 4.1 MiB per
-pair) is a bucket of one class, so no realistic chunk comes near that. Without autograd a pair
-costs 0.16 MiB at its peak.
+9.2 tokens on average) and 2.1 MiB with 16, so 2,048 pairs hold 2.8 GiB (4.2 GiB) beside 0.56 GiB
+of weights. Memory per pair grows with the class name's own tokens: the cost model (calibrated
+on the measure above) puts a pair of StanfordCars-length names (8 tokens) at 3.8 MB, so 4,096
+pairs (the default before the image budget) would hold 15 GB in the DiT's classification term
+on StanfordCars, and 2,048 hold 7.7 GB (`pdiff plan-cost`). Without autograd a pair costs
+0.16 MiB at its peak.
 
 Methods whose prompts enter the image tower (VPT, MaPLe, PromptSRC) also keep the image tower's
 activations of every image under autograd: about 240 MB per ViT-B/16 image in fp32 (the cost
@@ -32,7 +34,7 @@ from pdiff.errors import PdiffError
 if TYPE_CHECKING:  # torch only where a function needs it: the cost model reads the default
     import torch
 
-DEFAULT_MAX_PAIRS = 4096
+DEFAULT_MAX_PAIRS = 2048
 DEFAULT_MAX_IMAGES = 16
 
 
