@@ -55,9 +55,10 @@ def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, st
     """Overfit one independent prompt per sample; returns prompts [B,...], loss before/after.
 
     Each step runs forward and backward in micro-batches of samples whose class texts and
-    images under autograd fit the budgets (`micro_batch`), then one optimiser step: every prompt's gradient is its own sample's, so this is
-    exact. Measured on ViT-B/16 at equal memory it is 1.2-1.3x faster than checkpointing the
-    class chunks of the whole batch (no forward is recomputed; `benchmarks/pair_budget.py`).
+    images under autograd fit the budgets (`micro_batch`), then one optimiser step: every
+    prompt's gradient is its own sample's, so this is exact. Measured on ViT-B/16 at equal
+    memory it is 1.2-1.3x faster than checkpointing the class chunks of the whole batch (no
+    forward is recomputed; `benchmarks/pair_budget.py`).
     """
     b = len(inputs)
     prompts = {k: v.expand(b, *v.shape[1:]).clone().requires_grad_(True)

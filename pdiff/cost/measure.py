@@ -175,7 +175,8 @@ def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
     images = shape["images"]
     out = Throughputs(
         source="measured" + (", bf16 autocast of the towers (backbone.amp)"
-                             if backbone.amp and dev.type == "cuda" else ""), device=_device_name(dev), model=model,
+                             if backbone.amp and dev.type == "cuda" else ""),
+        device=_device_name(dev), model=model,
         threads=torch.get_num_threads() if dev.type == "cpu" else 0,
         image_fwd=rate(lambda: backbone.encode_images(pixels), images, seconds, dev),
         image_train=rate(image_train, images, seconds, dev),
