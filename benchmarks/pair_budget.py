@@ -22,7 +22,8 @@ over the pairs alive at once (without autograd: the largest chunk; under it: the
 Every variant is checked against the unbudgeted, bucketed result. Last, from the measured memory
 per (image, class) pair, each rule of config/benchmark.yaml at 1,000 classes with pdiff's
 default budget and without any (every pair of a step at once, as before the budget), against a
-16 GiB card.
+16 GiB card, and overfitting VPT's images under autograd with and without `compute.max_images`
+(per image the cost model's ViT-B/16 count, not measured here).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import yaml
 from _common import check_same, interleaved, random_backbone, setup, table
 
 import pdiff.overfit
-from pdiff.budget import DEFAULT_MAX_PAIRS, allocator_peak
+from pdiff.budget import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PAIRS, allocator_peak
+from pdiff.cost.model import Arch, Throughputs
 from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.methods import Inputs, get_method
 from pdiff.methods.text import ClassTexts
@@ -91,6 +93,14 @@ def rule_estimates(cfg: dict, per_pair_grad: float, per_pair_eval: float, weight
         out.append([name, pairs, "yes" if grad else "no", without / GIB,
                     "yes" if without <= CARD else "NO", held, within / GIB,
                     "yes" if within <= CARD else "NO"])
+    # Image-prompt methods (VPT): images under autograd, per image the cost model's ViT-B/16
+    # count (fp32), within compute.max_images; the "pairs" columns count images here.
+    image = Throughputs.assumed(Arch.of("ViT-B-16"), dit, "gpu").image_bytes
+    held = min(ov["batch_size"], DEFAULT_MAX_IMAGES)
+    without, within = weights + ov["batch_size"] * image, weights + held * image
+    out.append([f"overfit vpt (batch {ov['batch_size']}): images, not pairs",
+                ov["batch_size"], "yes", without / GIB, "yes" if without <= CARD else "NO",
+                held, within / GIB, "yes" if within <= CARD else "NO"])
     return out
 
 
@@ -196,7 +206,8 @@ def main() -> None:
     cfg = yaml.safe_load(BENCHMARK_CONFIG.read_text())
     print(f"\nEstimate per rule of config/benchmark.yaml at {c} classes, ViT-B/16 fp32 on a "
           f"16 GiB card: {weights / GIB:.2f} GiB of weights + pairs held x the per-pair memory "
-          f"above (text activations only); pdiff's default budget {DEFAULT_MAX_PAIRS} pairs")
+          f"above (text activations only); pdiff's default budget {DEFAULT_MAX_PAIRS} pairs; "
+          f"the last row: images under autograd, {DEFAULT_MAX_IMAGES} at most")
     print(table(["rule", "pairs per step", "autograd", "no budget GiB", "fits",
                  "held in budget", "budget GiB", "fits"],
                 rule_estimates(cfg, per_grad, per_eval, weights, c)))

@@ -24,7 +24,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 from torchvision.transforms import RandomHorizontalFlip
 
-from pdiff.budget import DEFAULT_MAX_PAIRS, length_chunks
+from pdiff.budget import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PAIRS, length_chunks
 from pdiff.errors import PdiffError
 from pdiff.plan.names import RANDOM, SHIPPED
 
@@ -150,6 +150,7 @@ class Backbone:
     image_size: int
     amp: bool = False  # bf16 autocast of the frozen towers on CUDA (ignored on CPU)
     max_pairs: int = DEFAULT_MAX_PAIRS  # text sequences per chunk (`compute.max_pairs`)
+    max_images: int = DEFAULT_MAX_IMAGES  # images under autograd at once (`compute.max_images`)
 
     def autocast(self):
         """Mixed precision where it pays (CUDA, `amp: true`); a no-op elsewhere."""

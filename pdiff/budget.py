@@ -1,4 +1,5 @@
-"""One memory budget for images x classes text encodings (`compute.max_pairs`).
+"""The memory budgets of the stages: images x classes text encodings (`compute.max_pairs`) and
+images under autograd through the image tower (`compute.max_images`).
 
 A per-image textual prompt gives every image its own class texts: at ImageNet's 1,000 classes a
 batch of 64 images is 64,000 text sequences. Every such encoding (evaluation, overfitting,
@@ -9,10 +10,18 @@ sequence is padded to the dataset's longest class name.
 The default fits ViT-B/16 on a 16 GiB card under autograd, the costliest case. Measured with the
 torch profiler on CPU, fp32 (`benchmarks/pair_budget.py`): a CoOp overfitting step over
 ImageNet's class names keeps 1.41 MiB per (image, class) pair with 4 context tokens (texts of
-9.2 tokens on average) and 2.1 MiB with 16, so 4,096 pairs hold 5.6 GiB (8.4 GiB) beside 0.56 GiB
-of weights. A chunk holds one token length, and ImageNet's longest text (18 tokens, 4.1 MiB per
-pair) is a bucket of one class, so no realistic chunk comes near that. Without autograd a pair
-costs 0.16 MiB at its peak.
+9.2 tokens on average) and 2.1 MiB with 16, so 2,048 pairs hold 2.8 GiB (4.2 GiB) beside 0.56 GiB
+of weights. Memory per pair grows with the class name's own tokens: the cost model (calibrated
+on the measure above) puts a pair of StanfordCars-length names (8 tokens) at 3.8 MB, so 4,096
+pairs (the default before the image budget) would hold 15 GB in the DiT's classification term
+on StanfordCars, and 2,048 hold 7.7 GB (`pdiff plan-cost`). Without autograd a pair costs
+0.16 MiB at its peak.
+
+Methods whose prompts enter the image tower (VPT, MaPLe, PromptSRC) also keep the image tower's
+activations of every image under autograd: about 240 MB per ViT-B/16 image in fp32 (the cost
+model's count, pdiff/cost/model.py), so overfitting's batch of 64 would hold 15 GB of them.
+Overfitting runs those methods in micro-batches of at most `max_images` samples (each sample's
+prompt is independent and the loss is summed, so this is exact); 16 hold about 3.8 GB.
 """
 
 from __future__ import annotations
@@ -25,15 +34,27 @@ from pdiff.errors import PdiffError
 if TYPE_CHECKING:  # torch only where a function needs it: the cost model reads the default
     import torch
 
-DEFAULT_MAX_PAIRS = 4096
+DEFAULT_MAX_PAIRS = 2048
+DEFAULT_MAX_IMAGES = 16
+
+
+def _budget(params: dict, key: str, default: int) -> int:
+    value = params.get("compute", {}).get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PdiffError(f"compute.{key} must be a positive integer, got {value!r}; set it to "
+                         f"a whole number >= 1 or leave it out (default {default})")
+    return value
 
 
 def max_pairs(params: dict) -> int:
     """The budget a stage's `--params` carry under `compute.max_pairs` (else the default)."""
-    value = params.get("compute", {}).get("max_pairs", DEFAULT_MAX_PAIRS)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise PdiffError(f"compute.max_pairs must be a positive integer, got {value!r}")
-    return value
+    return _budget(params, "max_pairs", DEFAULT_MAX_PAIRS)
+
+
+def max_images(params: dict) -> int:
+    """Images through the image tower under autograd at once, from `compute.max_images` in a
+    stage's `--params` (else the default)."""
+    return _budget(params, "max_images", DEFAULT_MAX_IMAGES)
 
 
 def stage_params(params: dict) -> dict:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
-from pdiff.budget import max_pairs, stage_params
+from pdiff.budget import max_images, max_pairs, stage_params
 from pdiff.checkpoint import load_prompt
 from pdiff.config import Config, positive
 from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
@@ -54,10 +54,11 @@ def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, st
                   ) -> tuple[Prompts, torch.Tensor, torch.Tensor]:
     """Overfit one independent prompt per sample; returns prompts [B,...], loss before/after.
 
-    Each step runs forward and backward in micro-batches of samples whose class texts fit the
-    budget, then one optimiser step: every prompt's gradient is its own sample's, so this is
-    exact. Measured on ViT-B/16 at equal memory it is 1.2-1.3x faster than checkpointing the
-    class chunks of the whole batch (no forward is recomputed; `benchmarks/pair_budget.py`).
+    Each step runs forward and backward in micro-batches of samples whose class texts and
+    images under autograd fit the budgets (`micro_batch`), then one optimiser step: every
+    prompt's gradient is its own sample's, so this is exact. Measured on ViT-B/16 at equal
+    memory it is 1.2-1.3x faster than checkpointing the class chunks of the whole batch (no
+    forward is recomputed; `benchmarks/pair_budget.py`).
     """
     b = len(inputs)
     prompts = {k: v.expand(b, *v.shape[1:]).clone().requires_grad_(True)
@@ -90,10 +91,14 @@ def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, st
 
 
 def micro_batch(method: PromptMethod, n: int) -> int:
-    """Samples per forward/backward: as many as keep their class texts within the budget."""
-    if not method.per_sample_texts:
-        return n
-    return max(1, method.backbone.max_pairs // len(method.classnames))
+    """Samples per forward/backward: as many as keep their class texts within the pair budget
+    and, for prompts that enter the image tower, their images within the image budget."""
+    size = n
+    if method.per_sample_texts:
+        size = min(size, max(1, method.backbone.max_pairs // len(method.classnames)))
+    if method.needs_images:
+        size = min(size, method.backbone.max_images)
+    return max(1, size)
 
 
 def zeroshot_anchor(method: PromptMethod, weight: float
@@ -117,7 +122,7 @@ def overfit(*, prompt: str, backbone_spec: dict, data_root: str, dataset: dict, 
             workers: int = 0) -> None:
     set_seed(seed)
     backbone = load_backbone(backbone_spec, get_device())
-    backbone.max_pairs = max_pairs(params)
+    backbone.max_pairs, backbone.max_images = max_pairs(params), max_images(params)
     params = stage_params(params)  # what the store records
     cfg = OverfitConfig.from_dict(params)
     method, meta = load_prompt(prompt, backbone)

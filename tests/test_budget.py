@@ -1,4 +1,5 @@
-"""The images x classes budget (`compute.max_pairs`), class texts bucketed by token length, and
+"""The images x classes budget (`compute.max_pairs`), the image budget under autograd
+(`compute.max_images`), class texts bucketed by token length, and
 the sampled-class softmax of the DiT's classification term: each exact against the plain path
 (features, logits, gradients, overfitted prompts), and the budget bounding peak memory."""
 
@@ -10,7 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pdiff.budget import DEFAULT_MAX_PAIRS, allocator_peak, length_chunks, max_pairs, stage_params
+from pdiff.budget import (
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_PAIRS,
+    allocator_peak,
+    length_chunks,
+    max_images,
+    max_pairs,
+    stage_params,
+)
 from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.errors import PdiffError
 from pdiff.methods import Inputs, get_method
@@ -67,6 +76,14 @@ def test_max_pairs_comes_from_the_compute_params():
     for bad in (0, -1, 2.5, "8", True):
         with pytest.raises(PdiffError, match="compute.max_pairs"):
             max_pairs({"compute": {"max_pairs": bad}})
+
+
+def test_max_images_comes_from_the_compute_params():
+    assert max_images({}) == max_images({"compute": {"max_pairs": 7}}) == DEFAULT_MAX_IMAGES
+    assert max_images({"compute": {"max_images": 2}}) == 2
+    for bad in (0, -3, 1.5, "4", False):
+        with pytest.raises(PdiffError, match=r"compute\.max_images must be a positive integer"):
+            max_images({"compute": {"max_images": bad}})
 
 
 def test_length_chunks_group_equal_lengths_within_the_limit():
@@ -159,6 +176,35 @@ def test_overfitting_under_the_budget_equals_one_pass(budget, inputs, name, limi
         torch.testing.assert_close(got[0][k], ref[0][k], atol=5e-5, rtol=1e-4)
     torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[2], ref[2], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vpt", "maple", "promptsrc"])
+def test_overfitting_under_the_image_budget_equals_one_pass(budget, inputs, name):
+    """Prompts entering the image tower: micro-batches of at most `max_images` samples (here
+    2 of 5: parts of 2, 2 and 1) give the prompts and losses of one pass over the batch."""
+    m = (get_method("vpt")(budget, CLASSES, GENERIC_TEMPLATE, {"n_ctx": 2, "depth": 2})
+         if name == "vpt" else make(budget, name))
+    m.requires_grad_(False)
+    budget.max_pairs, budget.max_images = 10**6, 10**6
+    assert micro_batch(m, len(inputs)) == len(inputs)
+    ref = overfit_batch(m, inputs, LABELS, steps=3, lr=0.05)
+    budget.max_images = 2
+    assert micro_batch(m, len(inputs)) == 2
+    budget.max_pairs = len(CLASSES)  # the pair budget, tighter still, wins: one sample
+    assert micro_batch(m, len(inputs)) == (2 if name == "vpt" else 1)
+    budget.max_pairs = 10**6
+    got = overfit_batch(m, inputs, LABELS, steps=3, lr=0.05)
+    for k in ref[0]:
+        torch.testing.assert_close(got[0][k], ref[0][k], atol=5e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1], ref[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[2], ref[2], atol=1e-5, rtol=1e-5)
+
+
+def test_the_image_budget_leaves_frozen_feature_methods_alone(budget):
+    """CoOp reads cached features: no image runs under autograd, only the pair budget counts."""
+    m = make(budget, "coop")
+    budget.max_pairs, budget.max_images = 10**6, 1
+    assert micro_batch(m, 5) == 5
 
 
 def test_the_budget_bounds_peak_memory(budget, inputs):

@@ -16,9 +16,11 @@ import re
 
 import pytest
 
-from pdiff.budget import DEFAULT_MAX_PAIRS
+from pdiff.budget import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PAIRS
 from pdiff.cli import main
 from pdiff.cost.model import (
+    ASSUMED_AMP_FLOPS,
+    ASSUMED_FLOPS,
     METHOD_COST,
     Arch,
     Estimator,
@@ -184,10 +186,57 @@ def test_max_pairs_bounds_the_live_text(benchmark):
     job = _job("overfit", stage={"steps": 5, "batch_size": 64})
     unbounded = dataclasses.replace(benchmark, max_pairs=None)
     assert unbounded.work(job).text_train == benchmark.work(job).text_train
-    assert benchmark.work(job).step_text_train * 64 * 1000 == pytest.approx(
-        unbounded.work(job).step_text_train * DEFAULT_MAX_PAIRS)
+    # micro-batches of whole samples: max_pairs // 1000 of them, each with its 1,000 classes
+    assert benchmark.work(job).step_text_train * 64 == pytest.approx(
+        unbounded.work(job).step_text_train * (DEFAULT_MAX_PAIRS // 1000))
     assert benchmark.peak_bytes(benchmark.work(job)) < unbounded.peak_bytes(
         unbounded.work(job)) / 10
+
+
+@pytest.mark.parametrize("method", ["vpt", "maple", "promptsrc"])
+def test_max_images_bounds_the_images_under_autograd(benchmark, method):
+    """compute.max_images: overfitting an image-prompt method holds one micro-batch of images
+    (and, for MaPLe and PromptSRC, its samples' class texts), as pdiff.overfit runs it."""
+    assert benchmark.max_images == DEFAULT_MAX_IMAGES
+    job = _job("overfit", method=method, dataset="EuroSAT", classes="base",
+               stage={"steps": 5, "batch_size": 64})
+    unbounded = dataclasses.replace(benchmark, max_images=None)
+    bounded, whole = benchmark.work(job), unbounded.work(job)
+    assert (bounded.step_image_train, whole.step_image_train) == (DEFAULT_MAX_IMAGES, 64)
+    assert bounded.image_train == whole.image_train  # the work is the same
+    if method != "vpt":
+        assert bounded.step_text_train * 64 == pytest.approx(
+            whole.step_text_train * DEFAULT_MAX_IMAGES)
+    assert benchmark.peak_bytes(bounded) < unbounded.peak_bytes(whole) / 2
+
+
+def test_amp_gives_the_towers_a_bf16_rate_and_half_the_activations():
+    """backbone.amp on a GPU: the frozen towers at ASSUMED_AMP_FLOPS with bf16 activations;
+    the DiT and the weights as in fp32. On a CPU autocast is off: nothing changes."""
+    arch, dit = Arch.of("ViT-B-16"), load_config([BENCHMARK])["diffusion"]
+    fp32, bf16 = (Throughputs.assumed(arch, dit, "gpu", amp) for amp in (False, True))
+    ratio = ASSUMED_AMP_FLOPS["gpu"] / ASSUMED_FLOPS["gpu"]
+    for unit in ("image_fwd", "image_train", "text_fwd", "text_train"):
+        assert getattr(bf16, unit) == pytest.approx(ratio * getattr(fp32, unit)), unit
+    for unit in ("image_bytes", "text_bytes"):
+        assert getattr(bf16, unit) == getattr(fp32, unit) / 2, unit
+    for unit in ("dit_train", "dit_fwd", "dit_bytes", "weights_bytes"):
+        assert getattr(bf16, unit) == getattr(fp32, unit), unit
+    assert "bf16" in bf16.source and "bf16" not in fp32.source
+    cpu = Throughputs.assumed(arch, dit, "cpu", True)
+    assert dataclasses.replace(cpu, source="") == dataclasses.replace(
+        Throughputs.assumed(arch, dit, "cpu"), source="")
+
+
+@pytest.mark.dryrun
+def test_every_benchmark_job_fits_a_16_gib_card_in_fp32(tmp_path):
+    """Under pdiff's default budgets every job of config/benchmark.yaml peaks below 16 GiB
+    with room to spare, in fp32 (backbone.amp off): the cost model's estimate per rule."""
+    result = plan_cost([BENCHMARK], throughputs([BENCHMARK]), tmp_path)
+    assert result.max_pairs == DEFAULT_MAX_PAIRS and result.max_images == DEFAULT_MAX_IMAGES
+    peaks = {r.rule: r.peak for r in result.rules}
+    assert all(peak <= 14e9 for peak in peaks.values()), peaks
+    assert peaks["overfit"] > 0 and result.total.peak < 16 * 2**30
 
 
 @pytest.mark.dryrun

@@ -102,13 +102,15 @@ def _decode_rate(backbone: Backbone, seconds: float) -> float:
 
 
 def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
-            device: str | None = None) -> Throughputs:
+            device: str | None = None, amp: bool = False) -> Throughputs:
     """Time every unit of the cost model for `model` (random weights) and the DiT of
-    `diffusion` (width, depth, heads) on `device` (default: CUDA when present)."""
+    `diffusion` (width, depth, heads) on `device` (default: CUDA when present); with `amp`
+    (`backbone.amp`) the towers run under the backbone's bf16 autocast, as the stages run them
+    (a no-op off CUDA)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SHAPES["cuda" if dev.type == "cuda" else "cpu"]
     t0 = time.perf_counter()
-    backbone = load_backbone({"model": model, "pretrained": RANDOM}, dev)
+    backbone = load_backbone({"model": model, "pretrained": RANDOM, "amp": amp}, dev)
     _sync(dev)
     startup = time.perf_counter() - t0
     log.info("measuring %s on %s for about %.0f s per unit", model, dev, seconds)
@@ -117,8 +119,12 @@ def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
     vision = torch.zeros(1, backbone.vision_layers, 8, backbone.vision_width, device=dev,
                          requires_grad=True)  # VPT-deep prompts on every layer
 
+    def prompted() -> torch.Tensor:
+        with backbone.autocast():
+            return backbone.encode_images_prompted(pixels, vision)
+
     def image_train() -> torch.Tensor:
-        loss = backbone.encode_images_prompted(pixels, vision).sum()
+        loss = prompted().float().sum()
         loss.backward()
         return loss
 
@@ -131,13 +137,17 @@ def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
     ctx = torch.randn(shape["prompts"], N_CTX, backbone.text_width, device=dev) * 0.02
 
     def text_fwd() -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), backbone.autocast():
             return texts(ctx)
 
     ctx_grad = ctx.clone().requires_grad_(True)
 
+    def encoded() -> torch.Tensor:
+        with backbone.autocast():
+            return texts(ctx_grad)
+
     def text_train() -> torch.Tensor:
-        loss = texts(ctx_grad).sum()
+        loss = encoded().float().sum()
         loss.backward()
         return loss
 
@@ -164,7 +174,9 @@ def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
 
     images = shape["images"]
     out = Throughputs(
-        source="measured", device=_device_name(dev), model=model,
+        source="measured" + (", bf16 autocast of the towers (backbone.amp)"
+                             if backbone.amp and dev.type == "cuda" else ""),
+        device=_device_name(dev), model=model,
         threads=torch.get_num_threads() if dev.type == "cpu" else 0,
         image_fwd=rate(lambda: backbone.encode_images(pixels), images, seconds, dev),
         image_train=rate(image_train, images, seconds, dev),
@@ -176,8 +188,8 @@ def measure(model: str, diffusion: Mapping[str, Any], seconds: float = 2.0,
         startup=startup,
         weights_bytes=float(sum(p.numel() * p.element_size()
                                 for p in backbone.model.parameters())),
-        image_bytes=saved_bytes(lambda: backbone.encode_images_prompted(pixels, vision)) / images,
-        text_bytes=saved_bytes(lambda: texts(ctx_grad)) / seq,
+        image_bytes=saved_bytes(prompted) / images,
+        text_bytes=saved_bytes(encoded) / seq,
         dit_bytes=saved_bytes(lambda: objective.loss(dit, x1, cond)) / rows,
         dit={k: int(diffusion[k]) for k in ("width", "depth", "heads")},
     )

@@ -21,7 +21,12 @@ decoded images         image files decoded and preprocessed by the DataLoader's 
 `pdiff plan-cost --measure-only` or assumed from FLOP counts) and into memory (activation bytes
 kept for backward per unit). Text encodings under a memory budget run in chunks of at most
 `max_pairs` (image, class) pairs (`compute.max_pairs`, where configured), so the live text
-activations of one step are those of one chunk.
+activations of one step are those of one chunk; overfitting runs micro-batches of samples within
+that budget and, for prompts that enter the image tower, within `max_images` images under
+autograd (`compute.max_images`), so a step holds one micro-batch's activations.
+
+With `backbone.amp` the frozen towers run in bf16 autocast on a GPU: the assumed throughputs
+give them a bf16 rate and half the activation bytes per unit; the DiT stays in fp32.
 """
 
 from __future__ import annotations
@@ -130,6 +135,11 @@ THROUGHPUT_FORMAT = "pdiff-throughputs/1"
 #: Effective fp32 FLOP/s of the assumed devices: an A100 at half its 19.5 TFLOP/s fp32 peak;
 #: one thread of an AVX-512 core (measured: ViT-B-16 at 5.6 images/s on 2 threads).
 ASSUMED_FLOPS = {"gpu": 10e12, "cpu": 1e11}
+#: Effective FLOP/s of the frozen towers under `backbone.amp` (bf16 autocast, CUDA only): an
+#: A100 at about a quarter of its 312 TFLOP/s bf16 dense peak (small per-layer matmuls, fp32
+#: layer norms and softmax under autocast); on a CPU autocast is off, so the fp32 rate holds.
+#: A guess like ASSUMED_FLOPS, not a measurement.
+ASSUMED_AMP_FLOPS = {"gpu": 78e12, "cpu": ASSUMED_FLOPS["cpu"]}
 ASSUMED_DECODE = 150.0  # images/s one loader worker decodes and resizes (a ~500 px JPEG)
 #: A job's start: interpreter, torch, the weights and, on a GPU, the CUDA context.
 ASSUMED_STARTUP_S = {"gpu": 30.0, "cpu": 10.0}
@@ -139,7 +149,8 @@ ASSUMED_STARTUP_S = {"gpu": 30.0, "cpu": 10.0}
 #: prefix blocks 15, the DiT's adaLN blocks 40.
 IMAGE_SAVED_FLOATS, TEXT_SAVED_FLOATS, DIT_SAVED_FLOATS = 30, 15, 40
 FWD_LIVE_LAYERS = 2  # a no-grad forward keeps about two blocks' activations alive at once
-FLOAT_BYTES = 4  # everything runs in fp32 (`backbone.amp` is off by default)
+FLOAT_BYTES = 4  # fp32: weights, the DiT, prompt stores; the towers' activations too unless amp
+AMP_BYTES = 2  # bf16: the towers' activations under `backbone.amp` on a GPU
 
 
 @dataclass(frozen=True)
@@ -165,10 +176,18 @@ class Throughputs:
     dit: dict[str, int] = field(default_factory=dict)  # width, depth, heads measured at
 
     @classmethod
-    def assumed(cls, arch: Arch, dit: Mapping[str, Any], device: str = "gpu") -> Throughputs:
+    def assumed(cls, arch: Arch, dit: Mapping[str, Any], device: str = "gpu",
+                amp: bool = False) -> Throughputs:
         """FLOP-count estimates at the effective rate of `device` ("gpu" or "cpu"): a guess,
-        labelled as one, for when nothing was measured."""
+        labelled as one, for when nothing was measured. With `amp` (`backbone.amp`, a GPU) the
+        frozen towers run at ASSUMED_AMP_FLOPS with bf16 activations; the DiT stays fp32."""
         flops = ASSUMED_FLOPS[device]
+        amp = amp and device == "gpu"  # pdiff's autocast is CUDA-only
+        towers = ASSUMED_AMP_FLOPS[device] if amp else flops
+        act_bytes = AMP_BYTES if amp else FLOAT_BYTES
+        label = (f"assumed: {flops / 1e12:g} TFLOP/s effective ({device})"
+                 + (f", frozen towers {towers / 1e12:g} TFLOP/s bf16 autocast (backbone.amp)"
+                    if amp else "") + ", FLOP counts")
         width, depth = int(dit["width"]), int(dit["depth"])
         dit_flops = 24 * depth * width * width
         text_saved = arch.text_layers * TEXT_SAVED_FLOATS * arch.text_width
@@ -177,19 +196,19 @@ class Throughputs:
         image_saved = arch.vision_layers * n * (IMAGE_SAVED_FLOATS * arch.vision_width
                                                 + heads * n)
         return cls(
-            source=f"assumed: {flops / 1e12:g} TFLOP/s effective ({device}), FLOP counts",
+            source=label,
             device=device, model=arch.name, threads=1,
-            image_fwd=flops / arch.image_flops,
+            image_fwd=towers / arch.image_flops,
             # frozen weights: backward computes input gradients only, about one more forward
-            image_train=flops / (2 * arch.image_flops),
-            text_fwd=flops / arch.text_token_flops,
-            text_train=flops / (2 * arch.text_token_flops),
+            image_train=towers / (2 * arch.image_flops),
+            text_fwd=towers / arch.text_token_flops,
+            text_train=towers / (2 * arch.text_token_flops),
             dit_train=flops / (3 * dit_flops),  # the DiT's weights are trained
             dit_fwd=flops / dit_flops,
             decode=ASSUMED_DECODE, startup=ASSUMED_STARTUP_S[device],
             weights_bytes=FLOAT_BYTES * arch.params,
-            image_bytes=FLOAT_BYTES * image_saved,
-            text_bytes=FLOAT_BYTES * text_saved,
+            image_bytes=act_bytes * image_saved,
+            text_bytes=act_bytes * text_saved,
             dit_bytes=FLOAT_BYTES * depth * DIT_SAVED_FLOATS * width,
             dit={k: int(dit[k]) for k in ("width", "depth", "heads")},
         )
@@ -418,6 +437,7 @@ class Estimator:
     sizes: Callable[[str], DatasetSize]
     count_tokens: Callable[[str], int] = approx_tokens
     max_pairs: int | None = None  # `compute.max_pairs`: (image, class) text pairs per chunk
+    max_images: int | None = None  # `compute.max_images`: images under autograd at once
     margin: float = 2.0  # resources asked for: the estimate times this
     gpu: bool = False  # jobs run on a GPU: host memory holds no activations
 
@@ -449,6 +469,16 @@ class Estimator:
         pairs = prompts * len(size.labels(split))
         live = min(pairs, self.max_pairs) if self.max_pairs else pairs
         return live * seq / len(size.labels(split))
+
+    def _micro_batch(self, m: MethodCost, batch: float, classes: int) -> float:
+        """Samples one overfitting forward/backward holds (pdiff.overfit.micro_batch): within
+        the pair budget for per-sample texts, the image budget for prompts in the image tower."""
+        size = batch
+        if m.context and self.max_pairs:
+            size = min(size, max(1, self.max_pairs // classes))
+        if m.images and self.max_images:
+            size = min(size, self.max_images)
+        return size
 
     # --- the work of one job --------------------------------------------------------------
     def work(self, job: Job) -> Work:
@@ -510,13 +540,14 @@ class Estimator:
             steps, batch = int(job.stage["steps"]), int(job.stage["batch_size"])
             if job.stage.get("kl_weight"):
                 w.text_fwd += self._templated(size, job.classes)  # zero-shot anchor
+            micro = self._micro_batch(m, min(batch, n), len(size.labels(job.classes)))
             if m.images:
                 w.image_train, w.image_fwd, w.decoded = steps * n, n, n
-                w.step_image_train = min(batch, n)
+                w.step_image_train = micro
             if m.context:  # every sample its own prompt: samples x classes texts per step
                 w.text_train = steps * n * seq
                 w.text_fwd += n * seq  # the loss after the last step
-                w.step_text_train = self._pairs(min(batch, n), size, job.classes, seq)
+                w.step_text_train = self._pairs(micro, size, job.classes, seq)
         else:  # fit_diffusion
             d = job.stage
             hold = float(d.get("holdout", 0.0))

@@ -34,7 +34,7 @@ from pdiff.cost.model import (
     Work,
     template_tokens,
 )
-from pdiff.cost.workflow import config_estimator, config_size
+from pdiff.cost.workflow import amp, config_estimator, config_size
 from pdiff.errors import PdiffError
 from pdiff.plan.config import load_config
 from pdiff.plan.paths import Paths
@@ -262,6 +262,7 @@ class Plan:
     rules: list[RulePlan]
     sizes: dict[str, DatasetSize]
     max_pairs: int | None
+    max_images: int | None = None
 
     @property
     def total(self) -> RulePlan:
@@ -300,7 +301,7 @@ def plan_cost(configfiles: list[Path], throughputs: Throughputs, directory: Path
         r.work, r.seconds = r.work + w, r.seconds + s
         r.longest, r.peak = max(r.longest, s), max(r.peak, peak)
     return Plan([str(c) for c in configfiles], model, throughputs, list(rules.values()), sizes,
-                estimator.max_pairs)
+                estimator.max_pairs, estimator.max_images)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +362,9 @@ def format_plan(plan: Plan) -> str:
     pairs = (f"at most {plan.max_pairs} (image, class) text pairs at once (compute.max_pairs)"
              if plan.max_pairs else "every (image, class) text pair of a step at once "
              "(no compute.max_pairs)")
+    if plan.max_images:
+        pairs += (f", at most {plan.max_images} images under autograd at once "
+                  "(compute.max_images)")
     total = plan.total
     return "\n".join([
         f"pdiff plan-cost: {' + '.join(plan.configfiles)}: {total.work.jobs} jobs "
@@ -396,11 +400,11 @@ def plan_cost_command(*, configfiles: list[Path], throughputs: Path | None = Non
             log.warning("throughputs %s were measured on %s, the config's backbone is %s",
                         throughputs, thr.model, model)
     elif assume is not None:
-        thr = Throughputs.assumed(Arch.of(model), cfg["diffusion"], assume)
+        thr = Throughputs.assumed(Arch.of(model), cfg["diffusion"], assume, amp(cfg))
     else:
         from pdiff.cost.measure import measure
 
-        thr = measure(model, cfg["diffusion"], seconds, device)
+        thr = measure(model, cfg["diffusion"], seconds, device, amp(cfg))
     if out is not None:
         thr.save(out)
     if measure_only:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pdiff.budget import DEFAULT_MAX_PAIRS
+from pdiff.budget import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PAIRS
 from pdiff.coop_sizes import PUBLISHED_COUNTS
 from pdiff.cost.model import (
     Arch,
@@ -90,16 +90,24 @@ def config_estimator(cfg: Mapping[str, Any], check_dir: Path,
                      count: Callable[[str], int] = approx_tokens,
                      throughputs: Throughputs | None = None) -> Estimator:
     """The estimator of a config: its backbone, `cost.throughputs` (else FLOP-count
-    assumptions for a GPU or a CPU, as `gpu` says), `compute.max_pairs`, `cost.margin`, and
-    dataset sizes from the config (`config_size`) unless `sizes` is given."""
+    assumptions for a GPU or a CPU, as `gpu` says, with `backbone.amp`), `compute.max_pairs`
+    and `compute.max_images`, `cost.margin`, and dataset sizes from the config
+    (`config_size`) unless `sizes` is given."""
     arch = Arch.of(cfg["backbone"]["model"])
     cost = cfg["cost"]
     if throughputs is None:
         throughputs = (Throughputs.load(cost["throughputs"]) if "throughputs" in cost
                        else Throughputs.assumed(arch, cfg["diffusion"],
-                                                "gpu" if cfg["gpu"] else "cpu"))
+                                                "gpu" if cfg["gpu"] else "cpu", amp(cfg)))
     if sizes is None:
         sizes = functools.cache(lambda name: config_size(cfg, name, check_dir, count))
+    compute = cfg.get("compute", {})
     return Estimator(arch, throughputs, sizes, count_tokens=count,
-                     max_pairs=cfg.get("compute", {}).get("max_pairs", DEFAULT_MAX_PAIRS),
+                     max_pairs=compute.get("max_pairs", DEFAULT_MAX_PAIRS),
+                     max_images=compute.get("max_images", DEFAULT_MAX_IMAGES),
                      margin=cost["margin"], gpu=bool(cfg["gpu"]))
+
+
+def amp(cfg: Mapping[str, Any]) -> bool:
+    """Whether the config runs the frozen towers in bf16 autocast (`backbone.amp`)."""
+    return bool(cfg["backbone"].get("amp", False))
