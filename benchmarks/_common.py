@@ -17,6 +17,7 @@ import open_clip
 import torch
 
 from pdiff.backbone import Backbone, register_model_configs
+from pdiff.budget import allocator_peak
 from pdiff.utils import keep_freed_memory
 
 # The demo config's method parameters (config/config.yaml; cocoop, kgcoop and promptsrc as in
@@ -72,11 +73,11 @@ def random_backbone(model: str = "pdiff-tiny", seed: int = 0, device: str = "cpu
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """Mean seconds of `fn` over `repeats` calls after one warm-up call."""
     fn()
-    _sync()
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    _sync()
+    sync()
     return (time.perf_counter() - t0) / repeats
 
 
@@ -91,7 +92,7 @@ class Timing(dict):
         return statistics.median(s / f for s, f in zip(self[slow], self[fast], strict=True))
 
 
-def _sync() -> None:
+def sync() -> None:
     """Wait for queued GPU work, so a timer measures the work and not its launch."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
@@ -108,12 +109,26 @@ def interleaved(paths: dict[str, Callable[[], object]], rounds: int, warmup: boo
         # alternate the order so neither path always runs right after the other
         order = list(paths.items()) if r % 2 == 0 else list(reversed(paths.items()))
         for name, fn in order:
-            _sync()
+            sync()
             t0 = time.perf_counter()
             fn()
-            _sync()
+            sync()
             out[name].append(time.perf_counter() - t0)
     return out
+
+
+def peak_memory(fn: Callable[[], object], device: str = "cpu") -> tuple[object, int]:
+    """fn's result and its peak memory in bytes above the start: on CUDA the caching
+    allocator's own peak (`max_memory_allocated`), on the CPU the torch profiler's memory
+    events (`pdiff.budget.allocator_peak`, the measure behind `compute.max_pairs`' default)."""
+    if device != "cuda":
+        return allocator_peak(fn)
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    out = fn()
+    sync()
+    return out, torch.cuda.max_memory_allocated() - start
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:

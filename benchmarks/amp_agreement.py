@@ -2,7 +2,7 @@
 
     python benchmarks/amp_agreement.py [--tiny-images 256] [--vit-images 16]
         [--overfit-images 2] [--overfit-steps 5] [--methods coop vpt maple] [--threads 1]
-        [--skip-vit]
+        [--skip-vit] [--device cpu|cuda]
 
 `backbone.amp: true` wraps the frozen towers' forwards in `torch.autocast("cuda", bf16)`
 (`Backbone.autocast`, used by every method's `encode` and by `encode_images`). This script runs
@@ -24,8 +24,9 @@ prediction is counted as within rounding when fp32's own top-1 margin is below t
 logit difference.
 
 CPU bf16 is a proxy for CUDA bf16 numerics (the same format and autocast op lists, different
-kernels and accumulation order), not a GPU measurement; `benchmarks/device_check.sh` is the
-place for that.
+kernels and accumulation order), not a GPU measurement. `--device cuda` is the GPU measurement
+(`benchmarks/device_check.sh`): the backbone's own CUDA autocast, unpatched, against fp32 with
+TF32 off (`_common.setup`), so the fp32 side is exact fp32 and the time ratio is the GPU's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Callable
 
 import open_clip
 import torch
-from _common import demo_params, random_backbone, setup, table
+from _common import add_device_args, demo_params, random_backbone, setup, sync, table
 
 from pdiff.backbone import Backbone, load_backbone, normalise_images
 from pdiff.data.synthetic import COLOURS, FAMILIES, WorldSpec, render_batch
@@ -117,8 +118,10 @@ def compare(bb: Backbone, method: PromptMethod, pixels: torch.Tensor, labels: to
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     fn()  # warm-up: autocast's weight casts and the allocator
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return out, time.perf_counter() - t0
 
 
@@ -135,45 +138,49 @@ def main() -> None:
                     help="images of the overfitting step (per-sample prompts)")
     ap.add_argument("--overfit-steps", type=int, default=5, help="overfitting steps compared")
     ap.add_argument("--methods", nargs="+", default=["coop", "vpt", "maple"])
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: on a shared 2-core machine 2 threads wait on each other")
     ap.add_argument("--skip-vit", action="store_true", help="only the pdiff-tiny world")
+    add_device_args(ap)
     args = ap.parse_args()
     setup(args.threads)
-    Backbone.autocast = cpu_autocast  # the stages' autocast, on the CPU
+    dev = args.device
+    if dev == "cpu":
+        Backbone.autocast = cpu_autocast  # the stages' autocast, on the CPU
+    where = ("CPU bf16 autocast" if dev == "cpu"
+             else f"CUDA bf16 autocast ({torch.cuda.get_device_name()})")
 
-    bb = load_backbone({"model": "pdiff-tiny", "pretrained": "shipped"})
+    bb = load_backbone({"model": "pdiff-tiny", "pretrained": "shipped"}, dev)
     names, images, labels = demo_world(args.tiny_images)
-    pixels = normalise_images(bb.model, images)
+    pixels, labels = normalise_images(bb.model, images).to(dev), labels.to(dev)
     rows = []
     for name in args.methods:
         method = get_method(name)(bb, names, GENERIC_TEMPLATE, demo_params(name, bb))
-        method.requires_grad_(False)
+        method.to(dev).requires_grad_(False)
         rows.append(compare(bb, method, pixels, labels, args.overfit_images,
                             args.overfit_steps))
-    print(f"pdiff-tiny (shipped weights), demo world (shapes, {len(names)} classes), CPU bf16 "
-          f"autocast vs fp32, {args.threads} thread(s); learned prompts as initialised")
+    print(f"pdiff-tiny (shipped weights), demo world (shapes, {len(names)} classes), {where} "
+          f"vs fp32, {args.threads} thread(s); learned prompts as initialised")
     print(table(HEADERS, rows))
     if args.skip_vit:
         return
 
-    bb = random_backbone("ViT-B-16")
+    bb = random_backbone("ViT-B-16", device=dev)
     names = list(open_clip.IMAGENET_CLASSNAMES)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(0)  # on the CPU: the same draws on every device
     pixels = normalise_images(bb.model, torch.rand(args.vit_images, 3, bb.image_size,
-                                                   bb.image_size, generator=g))
-    labels = torch.randint(len(names), (args.vit_images,), generator=g)
+                                                   bb.image_size, generator=g)).to(dev)
+    labels = torch.randint(len(names), (args.vit_images,), generator=g).to(dev)
     rows = []
     for name in args.methods:
         method = get_method(name)(bb, names, GENERIC_TEMPLATE, VIT_PARAMS[name])
-        method.requires_grad_(False)
+        method.to(dev).requires_grad_(False)
         rows.append(compare(bb, method, pixels, labels, args.overfit_images,
                             args.overfit_steps))
     print(f"\nViT-B/16 (random weights), ImageNet's {len(names)} class names, random pixels, "
-          "CPU bf16 autocast vs fp32 (accuracy is chance: random weights and labels)")
+          f"{where} vs fp32 (accuracy is chance: random weights and labels)")
     print(table(HEADERS, rows))
-    print("\nCPU bf16 autocast is a proxy for CUDA bf16 numerics, not a GPU measurement; the "
-          "time ratio is the CPU's.")
+    if dev == "cpu":
+        print("\nCPU bf16 autocast is a proxy for CUDA bf16 numerics, not a GPU measurement; the "
+              "time ratio is the CPU's.")
 
 
 if __name__ == "__main__":

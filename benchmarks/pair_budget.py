@@ -1,7 +1,7 @@
 """The images x classes memory budget and length-bucketed class texts at ImageNet's scale.
 
     python benchmarks/pair_budget.py [--eval-images 4] [--overfit-images 2] [--max-pairs 1000]
-        [--rounds 1] [--threads 1]
+        [--rounds 1] [--threads 1] [--device cpu|cuda] [--amp]
 
 ImageNet's 1,000 class names (open_clip ships them), a randomly initialised ViT-B/16 text tower
 and CoOp as config/benchmark.yaml has it (4 context tokens from "a photo of a"), with one prompt
@@ -24,6 +24,13 @@ per (image, class) pair, each rule of config/benchmark.yaml at 1,000 classes wit
 default budget and without any (every pair of a step at once, as before the budget), against a
 16 GiB card, and overfitting VPT's images under autograd with and without `compute.max_images`
 (per image the cost model's ViT-B/16 count, not measured here).
+
+`--device cuda` runs the same on a GPU (`benchmarks/device_check.sh`): peak memory is then the
+CUDA caching allocator's peak above the call's start (`torch.cuda.max_memory_allocated`), each
+variant is timed after one warm-up call, and the throughput in (image, class) pairs per second
+is printed. `--amp` (CUDA only) runs the text tower under the backbone's bf16 autocast
+(`backbone.amp`); the checks then allow bf16 rounding, since chunks change the matrix shapes and
+so the kernels' accumulation order.
 """
 
 from __future__ import annotations
@@ -37,10 +44,19 @@ import open_clip
 import torch
 import torch.nn.functional as F
 import yaml
-from _common import check_same, interleaved, random_backbone, setup, table
+from _common import (
+    add_device_args,
+    check_same,
+    interleaved,
+    peak_memory,
+    random_backbone,
+    setup,
+    sync,
+    table,
+)
 
 import pdiff.overfit
-from pdiff.budget import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PAIRS, allocator_peak
+from pdiff.budget import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PAIRS
 from pdiff.cost.model import Arch, Throughputs
 from pdiff.data.templates import GENERIC_TEMPLATE
 from pdiff.methods import Inputs, get_method
@@ -50,12 +66,22 @@ from pdiff.overfit import overfit_batch
 BENCHMARK_CONFIG = Path(__file__).resolve().parents[1] / "config" / "benchmark.yaml"
 CARD = 16 * 2**30
 MIB, GIB = 2**20, 2**30
+LR = 0.002  # the overfitting step's learning rate
+#: Max abs differences allowed against the unbudgeted, bucketed result (evaluation logits,
+#: overfitted prompts): fp32 reorders sums only; under bf16 autocast a chunk's other matrix
+#: shapes round differently (~0.4% per op), and one Adam step moves an entry by up to lr either
+#: way wherever its gradient is within that rounding, so the step's check only bounds it.
+TOLERANCE = {False: (1e-4, 1e-5), True: (5e-2, 2 * LR)}
 
 
-def profiled(fn: Callable[[], object]) -> tuple[object, int, float]:
-    """fn's result, its allocator peak in bytes (above the start) and its seconds."""
+def profiled(fn: Callable[[], object], device: str = "cpu") -> tuple[object, int, float]:
+    """fn's result, its peak memory in bytes (above the start) and its seconds. On CUDA after
+    one warm-up call (kernel selection and the allocator's first growth are not the work)."""
+    if device == "cuda":
+        fn()
     t0 = time.perf_counter()
-    out, peak = allocator_peak(fn)
+    out, peak = peak_memory(fn, device)
+    sync()
     return out, peak, time.perf_counter() - t0
 
 
@@ -104,6 +130,10 @@ def rule_estimates(cfg: dict, per_pair_grad: float, per_pair_eval: float, weight
     return out
 
 
+def precision(amp: bool) -> str:
+    return "bf16 autocast" if amp else "fp32"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--eval-images", type=int, default=4, help="images of the evaluation batch")
@@ -111,26 +141,34 @@ def main() -> None:
     ap.add_argument("--max-pairs", type=int, default=1000,
                     help="the budget measured here (1000: one image's classes at a time)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of bucketed vs padded")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: on a shared 2-core machine 2 threads wait on each other")
+    ap.add_argument("--amp", action="store_true",
+                    help="bf16 autocast of the text tower (backbone.amp; needs --device cuda)")
+    add_device_args(ap)
     args = ap.parse_args()
+    if args.amp and args.device != "cuda":
+        ap.error("--amp is the backbone's CUDA autocast (a no-op on the CPU): add --device cuda")
     setup(args.threads)
-    bb = random_backbone("ViT-B-16")
+    dev = args.device
+    eval_tol, step_tol = TOLERANCE[args.amp]
+    bb = random_backbone("ViT-B-16", device=dev)
+    bb.amp = args.amp
     weights = sum(p.numel() * p.element_size() for p in bb.model.parameters())
     bb.model.visual = None  # only the text tower runs (image features are cached)
     names = list(open_clip.IMAGENET_CLASSNAMES)
     coop = get_method("coop")(bb, names, GENERIC_TEMPLATE, {"n_ctx": 4, "init": "a photo of a"})
-    coop.requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
+    coop.to(dev).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)  # on the CPU: the same draws on every device
     n, c, limit = max(args.eval_images, args.overfit_images), len(names), args.max_pairs
-    inputs = Inputs(F.normalize(torch.randn(n, bb.embed_dim, generator=g), dim=-1))
-    labels = torch.randint(c, (n,), generator=g)
-    prompts = {k: v.expand(n, *v.shape[1:]) + 0.02 * torch.randn(n, *v.shape[1:], generator=g)
+    inputs = Inputs(F.normalize(torch.randn(n, bb.embed_dim, generator=g), dim=-1).to(dev))
+    labels = torch.randint(c, (n,), generator=g).to(dev)
+    prompts = {k: v.expand(n, *v.shape[1:])
+               + 0.02 * torch.randn(n, *v.shape[1:], generator=g).to(dev)
                for k, v in coop.init_prompt().items()}
     lengths = coop.texts.eot + 1
     bucket = int(lengths.unique(return_counts=True)[1].max())  # classes of the largest bucket
     print(f"ImageNet's {c} class names, CoOp (4 context tokens), random ViT-B/16 text tower; "
-          f"budget {limit} (image, class) pairs; {args.threads} thread(s)")
+          f"budget {limit} (image, class) pairs; {args.threads} thread(s)"
+          + (f"; {torch.cuda.get_device_name()}, {precision(args.amp)}" if dev == "cuda" else ""))
     print(f"sequence length: padded {int(lengths.max())}, mean {lengths.float().mean():.1f}; "
           f"{len(lengths.unique())} length buckets, the largest of {bucket} classes")
 
@@ -141,7 +179,7 @@ def main() -> None:
 
     def step() -> torch.Tensor:
         m = args.overfit_images
-        return overfit_batch(coop, inputs[:m], labels[:m], 1, 0.002)[0]["ctx"]
+        return overfit_batch(coop, inputs[:m], labels[:m], 1, LR)[0]["ctx"]
 
     def budgeted(pairs: int, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
@@ -150,31 +188,39 @@ def main() -> None:
         return run
 
     unlimited = n * c
+    eval_pairs = args.eval_images * c
     eval_chunk, step_pairs = args.eval_images * bucket, args.overfit_images * c
     micro = max(1, limit // c) * c if limit >= c else limit
     rows = []
-    ref, eval_whole, t = profiled(budgeted(unlimited, evaluate))
+    ref, eval_whole, t_eval = profiled(budgeted(unlimited, evaluate), dev)
     rows.append(["evaluation batch", "no budget: bucket chunks", eval_chunk, eval_whole / MIB,
-                 t, 0.0])
-    out, eval_budget, t = profiled(budgeted(limit, evaluate))
+                 t_eval, 0.0])
+    out, eval_budget, t_eval_budget = profiled(budgeted(limit, evaluate), dev)
     rows.append(["evaluation batch", "budget: pair chunks", min(limit, eval_chunk),
-                 eval_budget / MIB, t, check_same(out, ref, 1e-4, "evaluation in the budget")])
-    ref_step, step_whole, t = profiled(budgeted(unlimited, step))
-    rows.append(["overfitting step", "no budget", step_pairs, step_whole / MIB, t, 0.0])
-    out, step_budget, t_micro = profiled(budgeted(limit, step))
+                 eval_budget / MIB, t_eval_budget,
+                 check_same(out, ref, eval_tol, "evaluation in the budget")])
+    ref_step, step_whole, t_step = profiled(budgeted(unlimited, step), dev)
+    rows.append(["overfitting step", "no budget", step_pairs, step_whole / MIB, t_step, 0.0])
+    out, step_budget, t_micro = profiled(budgeted(limit, step), dev)
     rows.append(["overfitting step", "budget: micro-batches", micro, step_budget / MIB,
-                 t_micro, check_same(out, ref_step, 1e-5, "overfitting in micro-batches")])
+                 t_micro, check_same(out, ref_step, step_tol, "overfitting in micro-batches")])
     micro_batch = pdiff.overfit.micro_batch
     pdiff.overfit.micro_batch = lambda method, size: size  # the whole batch, chunks recomputed
     try:
-        out, step_ckpt, t_ckpt = profiled(budgeted(limit, step))
+        out, step_ckpt, t_ckpt = profiled(budgeted(limit, step), dev)
     finally:
         pdiff.overfit.micro_batch = micro_batch
     rows.append(["overfitting step", "budget: checkpointed chunks", limit, step_ckpt / MIB,
-                 t_ckpt, check_same(out, ref_step, 1e-5, "overfitting in checkpointed chunks")])
+                 t_ckpt,
+                 check_same(out, ref_step, step_tol, "overfitting in checkpointed chunks")])
     print()
-    print(table(["what", "path", "pairs at once", "peak MiB", "s (profiled)", "max abs diff"],
-                rows))
+    print(table(["what", "path", "pairs at once", "peak MiB",
+                 "s (profiled)" if dev == "cpu" else "s", "max abs diff"], rows))
+    if dev == "cuda":  # the CPU's output stays the one docs/performance.md quotes
+        print(f"throughput, (image, class) pairs/s: evaluation {eval_pairs / t_eval:,.0f} "
+              f"without the budget, {eval_pairs / t_eval_budget:,.0f} within it; overfitting "
+              f"step {step_pairs / t_step:,.0f} without, {step_pairs / t_micro:,.0f} in "
+              f"micro-batches, {step_pairs / t_ckpt:,.0f} in checkpointed chunks")
     per_eval, per_grad = eval_whole / eval_chunk, step_whole / step_pairs
     print(f"per pair: {per_grad / MIB:.2f} MiB under autograd, {per_eval / MIB:.3f} MiB "
           "without (unbudgeted peak / pairs at once)")
@@ -194,7 +240,7 @@ def main() -> None:
 
     bb.max_pairs = unlimited
     try:
-        diff = check_same(padded(False)(), ref, 1e-4, "padded vs bucketed class texts")
+        diff = check_same(padded(False)(), ref, eval_tol, "padded vs bucketed class texts")
         timing = interleaved({"padded": padded(False), "bucketed": padded(True)}, args.rounds,
                              warmup=False)
     finally:
@@ -202,9 +248,14 @@ def main() -> None:
     print(f"\nclass texts, evaluation batch: padded {timing.median('padded'):.1f} s, bucketed "
           f"{timing.median('bucketed'):.1f} s: {timing.ratio('padded', 'bucketed'):.2f}x faster "
           f"bucketed (max abs diff {diff:.1e})")
+    if dev == "cuda":
+        print(f"  {eval_pairs / timing.median('padded'):,.0f} pairs/s padded, "
+              f"{eval_pairs / timing.median('bucketed'):,.0f} bucketed (median of "
+              f"{args.rounds} round(s))")
 
     cfg = yaml.safe_load(BENCHMARK_CONFIG.read_text())
-    print(f"\nEstimate per rule of config/benchmark.yaml at {c} classes, ViT-B/16 fp32 on a "
+    print(f"\nEstimate per rule of config/benchmark.yaml at {c} classes, ViT-B/16 "
+          f"{precision(args.amp)} on a "
           f"16 GiB card: {weights / GIB:.2f} GiB of weights + pairs held x the per-pair memory "
           f"above (text activations only); pdiff's default budget {DEFAULT_MAX_PAIRS} pairs; "
           f"the last row: images under autograd, {DEFAULT_MAX_IMAGES} at most")

@@ -36,7 +36,7 @@ from pdiff.cost.model import (
 )
 from pdiff.cost.workflow import amp, config_estimator, config_size
 from pdiff.errors import PdiffError
-from pdiff.plan.config import load_config
+from pdiff.plan.config import load_config, merged_config
 from pdiff.plan.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -392,7 +392,9 @@ def plan_cost_command(*, configfiles: list[Path], throughputs: Path | None = Non
                       directory: Path | None = None, snakefile: Path = SNAKEFILE) -> str:
     """`pdiff plan-cost`: the table for the configs (throughputs read from a file, assumed,
     or measured here), or with `measure_only` just the measurement, written to `out`."""
-    cfg = load_config(configfiles, snakefile.parent)
+    # measuring reads only the backbone and the DiT's sizes, so it skips Snakemake's schema
+    # validation: a GPU node needs torch and open_clip for it, not Snakemake
+    cfg = (merged_config if measure_only else load_config)(configfiles, snakefile.parent)
     model = cfg["backbone"]["model"]
     if throughputs is not None:
         thr = Throughputs.load(throughputs)

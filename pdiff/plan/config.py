@@ -60,13 +60,19 @@ def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def load_config(configfiles: Iterable[Path], root: Path = REPO) -> dict[str, Any]:
-    """The config the workflow runs with: the Snakefile's config/config.yaml, the files merged
-    over it in order, prepared as the workflow does (`prepare`)."""
+def merged_config(configfiles: Iterable[Path], root: Path = REPO) -> dict[str, Any]:
+    """The Snakefile's config/config.yaml with the files merged over it in order, not yet
+    validated (no Snakemake needed: a GPU node measuring throughputs may lack it)."""
     cfg: dict[str, Any] = {}
     for path in [root / "config" / "config.yaml", *configfiles]:
         cfg = merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    return prepare(cfg, root)
+    return cfg
+
+
+def load_config(configfiles: Iterable[Path], root: Path = REPO) -> dict[str, Any]:
+    """The config the workflow runs with: the Snakefile's config/config.yaml, the files merged
+    over it in order, prepared as the workflow does (`prepare`)."""
+    return prepare(merged_config(configfiles, root), root)
 
 
 def stage_keys(path: Path, stages: Iterable[str]) -> dict[str, set[str]]:
