@@ -33,7 +33,7 @@
 # most that. tests/test_device_check.py parses every `step` line's arguments on a CPU.
 #
 # On a machine without open_clip and no network, carry it as wheels (from the repo root, where
-# pip works; ignore the folder first: `echo /.whl/ >> .git/info/exclude`):
+# pip works; `.whl/` is git-ignored):
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
 #     open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
