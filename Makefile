@@ -43,9 +43,7 @@ CLAIMS_LABEL := the quick demo (\`config/quick.yaml\`, a procedurally generated 
 claims: install
 	$(SNAKEMAKE) --configfile $(QUICK) config/claims.yaml
 	$(SNAKEMAKE) --configfile $(QUICK) config/claims.yaml config/world1.yaml
-	$(BIN)/pdiff docs "world 0=results/claims/world0/report/summary.json" \
-	    "world 1 (held out)=results/claims/world1/report/summary.json" \
-	    --label "$(CLAIMS_LABEL)" --out docs/results.md --readme README.md
+	$(MAKE) docs
 
 report: install
 	$(SNAKEMAKE) --configfile $(QUICK) --report results/quick/report.html
@@ -56,11 +54,14 @@ test: install
 test-quick: install
 	$(BIN)/pytest -q -m "not workflow and not slurm" $(ARGS)
 
-# docs/results.md and the README's results block from a report's summary.json, stamped with the
-# commit, the machine and the date. Torch-free and Snakemake-free: needs only Python.
-SUMMARY ?= results/quick/report/summary.json
+# docs/results.md and the README's results block from the claims' two reports (`make claims`),
+# stamped with the commit, the machine and the date. Torch-free and Snakemake-free: needs only
+# Python. Any other report: `pdiff docs SUMMARY --out PAGE`.
+CLAIMS := "world 0=results/claims/world0/report/summary.json" \
+    "world 1 (held out)=results/claims/world1/report/summary.json"
 docs:
-	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(SUMMARY) --out docs/results.md --readme README.md
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(CLAIMS) --label "$(CLAIMS_LABEL)" \
+	    --out docs/results.md --readme README.md
 
 # The smoke pipeline on a local single-node Slurm (root: installs slurm and munge with apt-get).
 test-slurm: install

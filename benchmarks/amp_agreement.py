@@ -130,6 +130,17 @@ HEADERS = ["method", "images", "classes", "max |dlogit|", "max |logit|", "top-1 
            "|update diff| / |update|", "time bf16/fp32"]
 
 
+def method_rows(args: argparse.Namespace, bb: Backbone, names: list[str], pixels: torch.Tensor,
+                labels: torch.Tensor, params_of: Callable[[str], dict]) -> list[list[object]]:
+    """One table row per method of `args.methods`: fp32 against bf16 autocast."""
+    rows = []
+    for name in args.methods:
+        method = get_method(name)(bb, names, GENERIC_TEMPLATE, params_of(name))
+        method.to(bb.device).requires_grad_(False)
+        rows.append(compare(bb, method, pixels, labels, args.overfit_images, args.overfit_steps))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny-images", type=int, default=256, help="demo-world images, pdiff-tiny")
@@ -151,12 +162,7 @@ def main() -> None:
     bb = load_backbone({"model": "pdiff-tiny", "pretrained": "shipped"}, dev)
     names, images, labels = demo_world(args.tiny_images)
     pixels, labels = normalise_images(bb.model, images).to(dev), labels.to(dev)
-    rows = []
-    for name in args.methods:
-        method = get_method(name)(bb, names, GENERIC_TEMPLATE, demo_params(name, bb))
-        method.to(dev).requires_grad_(False)
-        rows.append(compare(bb, method, pixels, labels, args.overfit_images,
-                            args.overfit_steps))
+    rows = method_rows(args, bb, names, pixels, labels, lambda name: demo_params(name, bb))
     print(f"pdiff-tiny (shipped weights), demo world (shapes, {len(names)} classes), {where} "
           f"vs fp32, {args.threads} thread(s); learned prompts as initialised")
     print(table(HEADERS, rows))
@@ -169,12 +175,7 @@ def main() -> None:
     pixels = normalise_images(bb.model, torch.rand(args.vit_images, 3, bb.image_size,
                                                    bb.image_size, generator=g)).to(dev)
     labels = torch.randint(len(names), (args.vit_images,), generator=g).to(dev)
-    rows = []
-    for name in args.methods:
-        method = get_method(name)(bb, names, GENERIC_TEMPLATE, VIT_PARAMS[name])
-        method.to(dev).requires_grad_(False)
-        rows.append(compare(bb, method, pixels, labels, args.overfit_images,
-                            args.overfit_steps))
+    rows = method_rows(args, bb, names, pixels, labels, VIT_PARAMS.__getitem__)
     print(f"\nViT-B/16 (random weights), ImageNet's {len(names)} class names, random pixels, "
           f"{where} vs fp32 (accuracy is chance: random weights and labels)")
     print(table(HEADERS, rows))
