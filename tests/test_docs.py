@@ -162,6 +162,8 @@ def test_one_line_per_host_method_says_whether_prompt_diffusion_beats_it(built):
                          "yes, on every protocol (≥ the +3 HM target) |")
     assert _line(readme, "| VPT |").endswith("| no, on no protocol |")
     assert "| CoOp + prompt diffusion |" not in readme  # the full tables stay in docs/
+    target = _line(readme, "The project's target")
+    assert f"met by CoOp {coop['hm']:+.2f};" in target and f"VPT {vpt['hm']:+.2f}" in target
     assert "[docs/results.md](docs/results.md)" in readme
 
 
@@ -225,6 +227,12 @@ def test_the_verdict_names_each_protocol_won_and_lost():
     assert _verdict({"HM": -0.5, "cross-dataset": 1.0, "DG": None}, 3.0) == (
         "on cross-dataset; not on HM")
     assert _verdict({"cross-dataset": 2.0}, None) == "yes"
+    # a difference within two standard errors is neither a win nor a loss
+    assert _verdict({"HM": -3.0, "cross-dataset": 6.3, "DG": 10.9},
+                    3.0, {"HM": 3.7, "cross-dataset": 5.2, "DG": 1.7}) == (
+        "on DG; within 2 SE on HM, cross-dataset")
+    assert _verdict({"HM": 0.5, "DG": -0.2}, 3.0, {"HM": 0.3, "DG": 0.4}) == (
+        "within 2 SE on HM, DG (under the +3 HM target)")
 
 
 def test_a_transfer_only_report_is_judged_on_its_transfer_average(tmp_path):

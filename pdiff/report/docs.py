@@ -164,21 +164,50 @@ def _tags(summary: dict) -> tuple[str | None, list[str]]:
     return own, [t for t in tags if t not in (None, "pdiff")]
 
 
-def _verdict(deltas: dict[str, float | None], target: float | None) -> str:
+def _verdict(deltas: dict[str, float | None], target: float | None,
+             ses: dict[str, float | None] | None = None) -> str:
     """Whether prompt diffusion beats its host, protocol by protocol (a gain on base-to-new
-    that loses transfer accuracy is not a plain "yes"), and whether it meets the HM target."""
+    that loses transfer accuracy is not a plain "yes"), and whether it meets the HM target.
+    A difference within two standard errors of the paired per-seed differences (`ses`) is
+    named as such, neither a win nor a loss."""
     known = {name: d for name, d in deltas.items() if d is not None}
-    wins = [n for n, d in known.items() if d > 0]
-    losses = [n for n, d in known.items() if d <= 0]
-    if not losses:
+    ses = ses or {}
+    noise = [n for n, d in known.items() if ses.get(n) is not None and abs(d) <= 2 * ses[n]]
+    wins = [n for n, d in known.items() if d > 0 and n not in noise]
+    losses = [n for n, d in known.items() if d <= 0 and n not in noise]
+    if not losses and not noise:
         verdict = "yes" if len(known) == 1 else "yes, on every protocol"
-    elif not wins:
+    elif not wins and not noise:
         verdict = "no" if len(known) == 1 else "no, on no protocol"
     else:
-        verdict = f"on {', '.join(wins)}; not on {', '.join(losses)}"
+        parts = ([f"on {', '.join(wins)}"] if wins else []) + (
+            [f"not on {', '.join(losses)}"] if losses else [])
+        if noise:
+            parts.append(f"within 2 SE on {', '.join(noise)}")
+        verdict = "; ".join(parts)
     if target is not None and known.get("HM", 0) > 0:
         verdict += f" ({'≥' if known['HM'] >= target else 'under'} the +{target:g} HM target)"
     return verdict
+
+
+def target_line(runs: Sequence[tuple[str | None, dict]]) -> str:
+    """Which hosts prompt diffusion (pdiff's) beats by the base-to-new HM target, per run."""
+    met, missed, target = [], [], None
+    for name, summary in runs:
+        b2n = summary.get("base2new")
+        if not b2n:
+            continue
+        own, _ = _tags(summary)
+        target = b2n.get("hm_target", target)
+        for g in b2n.get("diffusion_gain", []):
+            if g.get("tag") == own:
+                label = METHOD_NAMES.get(g["method"], g["method"])
+                who = f"{label} ({name})" if name else label
+                (met if g["target_met"] else missed).append(f"{who} {g['hm']:+.2f}")
+    if target is None:
+        return ""
+    return (f"The project's target, prompt diffusion at least {target:g} HM above its host: met "
+            f"by {', '.join(met) or 'none'}; not met by {', '.join(missed) or 'none'}.")
 
 
 def host_table(runs: Sequence[tuple[str | None, dict]]) -> str:
@@ -232,10 +261,12 @@ def _host_lines(summary: dict, only: str | None = None) -> tuple[list[str], list
                     fmt(host["average"]["accuracy"], host["average"]["se"]),
                     fmt(pd["average"]["accuracy"], pd["average"]["se"])]
         deltas = {"HM" if b2n else measure: delta}
+        ses = {"HM": g["hm_se"]} if b2n else {}
         for p in transfer:
             tg = transfer_gain(summary, p, method, own)
             line.append("–" if tg is None else fmt_signed(*tg))
             deltas.setdefault(SHORT[p], None if tg is None else tg[0])
+            ses.setdefault(SHORT[p], None if tg is None else tg[1])
         for t in presets:
             if b2n:
                 pg = gains.get((method, t))
@@ -243,7 +274,7 @@ def _host_lines(summary: dict, only: str | None = None) -> tuple[list[str], list
             else:
                 tg = transfer_gain(summary, transfer[0], method, t)
                 line.append("–" if tg is None else fmt_signed(*tg))
-        line.append(_verdict(deltas, target))
+        line.append(_verdict(deltas, target, ses))
         lines.append(line)
     return header, lines
 
@@ -266,7 +297,8 @@ def _runs_line(runs: Sequence[Run]) -> str:
 
 def _how(summary: dict) -> str:
     text = ("Δ is prompt diffusion minus its host, ± the standard error of the paired per-seed "
-            "differences (none with one seed)")
+            "differences (none with one seed; the verdict calls a Δ within two of them neither "
+            "a win nor a loss)")
     if "base2new" in summary:
         n = len(summary["base2new"]["datasets"])
         text += (f"; HM = 2·B·N/(B+N) from base and new averaged over the {n} base-to-new "
@@ -280,6 +312,8 @@ def readme_block(runs: Sequence[Run], label: str, link: str) -> str:
         f"Results of {label}; {_runs_line(runs)}. {_how(runs[0].summary)}",
         "",
         host_table([(r.name, r.summary) for r in runs]).rstrip("\n"),
+        "",
+        target_line([(r.name, r.summary) for r in runs]),
         "",
         f"Every table (per protocol, per dataset, ablations, cost): [{link}]({link}).",
     ])
@@ -483,6 +517,7 @@ def results_markdown(runs: Sequence[Run], label: str) -> str:
         "## Does prompt diffusion beat its host?\n",
         f"{_how(runs[0].summary)}\n",
         host_table([(r.name, r.summary) for r in runs]),
+        target_line([(r.name, r.summary) for r in runs]) + "\n",
     ]
     if len(runs) == 1:
         return "\n".join(parts + _run_sections(runs[0].summary))
