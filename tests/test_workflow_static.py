@@ -178,9 +178,9 @@ def test_demo_plan(tmp_path):
     counts, _ = plan(tmp_path, DEMO)
     assert counts == expected_counts(load(DEMO))
     # (4 base-to-new + 1 all-class source run) x 3 methods, 8 datasets checked, cached and
-    # zero-shot, 4 draws cached; the paper's method adds VPT's and MaPLe's stores (no KL
-    # anchor), and every DiT (no hold-out) and evaluation
-    assert sum(counts.values()) == 110 + 2 * 5 + 15 + 15
+    # zero-shot, 4 draws cached; the paper's method adds MaPLe's stores (no KL anchor; VPT has
+    # none by default), and every DiT (no hold-out) and evaluation
+    assert sum(counts.values()) == 110 + 5 + 15 + 15
 
 
 def test_smoke_plan(tmp_path):
@@ -273,6 +273,13 @@ def test_defaults_are_chosen_on_seeds_and_reported_on_others(tmp_path):
     assert held_out["seeds"] == reported["seeds"]
     assert held_out["world"]["seed"] != base["world"]["seed"]
     assert len({c["results"] for c in (chose, reported, held_out)}) == 3
+    for stage in ("overfit", "diffusion"):  # every entry differs from the defaults it ranks
+        shared = {k: v for k, v in chose[stage].items() if k != "per_method"}
+        for entry in chose["ablation"][stage]:
+            setting = {k: v for k, v in entry.items() if k != "methods"}
+            for method in entry.get("methods", chose["methods"]):
+                default = shared | chose[stage].get("per_method", {}).get(method, {})
+                assert default | setting != default, (method, entry)
     counts, _ = plan(tmp_path, [DEMO, quick, selection])
     assert counts["evaluate_val_diffusion"] and counts["evaluate_val_baseline"] == 3 * 2
     for cfgs in ([DEMO, quick, claims], [DEMO, quick, claims, world1]):
@@ -352,8 +359,8 @@ def _without_presets(tmp_path: Path) -> Path:
 def test_the_paper_preset_reuses_every_job_it_does_not_change(tmp_path):
     """The demo with the paper's method beside pdiff's plans every job of the demo without it
     unchanged (same command, same params; only the report gains its rows), retrains no host,
-    and shares each store whose overfitting the paper does not change (CoOp's: no per-method
-    entry), so only VPT's and MaPLe's stores (no KL anchor) are new."""
+    and shares each store whose overfitting the paper does not change (CoOp's and VPT's: no KL
+    anchor by default), so only MaPLe's stores (no KL anchor) are new."""
     commands = {}
     for name, configs in (("pdiff", [DEMO, _without_presets(tmp_path)]), ("both", [DEMO])):
         res = snakemake(tmp_path, "-n", "-p", configfile=configs)
@@ -362,10 +369,10 @@ def test_the_paper_preset_reuses_every_job_it_does_not_change(tmp_path):
     kept = {c for c in commands["pdiff"] if not c.startswith("pdiff report")}
     assert kept <= commands["both"]
     added = Counter(c.split()[1] for c in commands["both"] - commands["pdiff"])
-    assert added == {"overfit": 2 * 5, "fit-diffusion": 15, "evaluate": 15, "report": 1}
+    assert added == {"overfit": 5, "fit-diffusion": 15, "evaluate": 15, "report": 1}
     stores = {re.search(r"--out (\S+)", c)[1] for c in commands["both"] - commands["pdiff"]
               if c.split()[1] == "overfit"}
-    assert all("/vpt/" in s or "/maple/" in s for s in stores)
+    assert all("/maple/" in s for s in stores)
     assert {s.split("/")[-2] for s in stores} == {"kl_weight=0.0"}
     # CoOp's paper evaluation reads its default store
     assert any(c.startswith("pdiff evaluate --mode diffusion") and "/coop/" in c
@@ -377,8 +384,8 @@ def test_benchmark_plans_the_paper_and_pdiff_and_reports_both(tmp_path):
     pdiff_only, _ = plan(tmp_path, [BENCHMARK, _without_presets(tmp_path)])
     assert both["train"] == pdiff_only["train"]  # no host retrained
     runs = 12 * 3  # per method: 11 base-to-new runs + the ImageNet all-class run, 3 seeds
-    # new stores only for the methods with per-method overfitting (CoCoOp, VPT, MaPLe)
-    assert both["overfit"] - pdiff_only["overfit"] == 3 * runs
+    # new stores only for the methods with per-method overfitting (CoCoOp, MaPLe)
+    assert both["overfit"] - pdiff_only["overfit"] == 2 * runs
     assert both["fit_diffusion"] - pdiff_only["fit_diffusion"] == 6 * runs
     res = snakemake(tmp_path, "-n", "-p", "report", configfile=BENCHMARK)
     (report,) = [argv for argv in _shell_commands(res.stdout + res.stderr) if argv[1] == "report"]
