@@ -57,6 +57,20 @@ def max_images(params: dict) -> int:
     return _budget(params, "max_images", DEFAULT_MAX_IMAGES)
 
 
+def micro_batch_size(n: int, *, text_classes: int | None, image_prompts: bool,
+                     max_pairs: int | None, max_images: int | None) -> int:
+    """Samples of `n` per overfitting forward/backward: as many as keep their own class texts
+    (`text_classes` per sample, None when the texts are shared) within `max_pairs` and, for
+    prompts that enter the image tower, their images within `max_images` (None: unbounded).
+    The one rule both the stage (pdiff.overfit) and the cost model follow."""
+    size = n
+    if text_classes and max_pairs:
+        size = min(size, max(1, max_pairs // text_classes))
+    if image_prompts and max_images:
+        size = min(size, max_images)
+    return max(1, size)
+
+
 def stage_params(params: dict) -> dict:
     """A stage's own parameters without the `compute` budget (which changes no result)."""
     return {k: v for k, v in params.items() if k != "compute"}

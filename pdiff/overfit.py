@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from pdiff.backbone import load_backbone
-from pdiff.budget import max_images, max_pairs, stage_params
+from pdiff.budget import max_images, max_pairs, micro_batch_size, stage_params
 from pdiff.checkpoint import load_prompt
 from pdiff.config import Config, positive
 from pdiff.data import DatasetSpec, fewshot_data, load_fewshot, subsample_classes
@@ -93,12 +93,10 @@ def overfit_batch(method: PromptMethod, inputs: Inputs, labels: torch.Tensor, st
 def micro_batch(method: PromptMethod, n: int) -> int:
     """Samples per forward/backward: as many as keep their class texts within the pair budget
     and, for prompts that enter the image tower, their images within the image budget."""
-    size = n
-    if method.per_sample_texts:
-        size = min(size, max(1, method.backbone.max_pairs // len(method.classnames)))
-    if method.needs_images:
-        size = min(size, method.backbone.max_images)
-    return max(1, size)
+    return micro_batch_size(
+        n, text_classes=len(method.classnames) if method.per_sample_texts else None,
+        image_prompts=method.needs_images, max_pairs=method.backbone.max_pairs,
+        max_images=method.backbone.max_images)
 
 
 def zeroshot_anchor(method: PromptMethod, weight: float

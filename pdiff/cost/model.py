@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pdiff.budget import micro_batch_size
 from pdiff.errors import PdiffError
 
 # --------------------------------------------------------------------------------------------
@@ -470,16 +471,6 @@ class Estimator:
         live = min(pairs, self.max_pairs) if self.max_pairs else pairs
         return live * seq / len(size.labels(split))
 
-    def _micro_batch(self, m: MethodCost, batch: float, classes: int) -> float:
-        """Samples one overfitting forward/backward holds (pdiff.overfit.micro_batch): within
-        the pair budget for per-sample texts, the image budget for prompts in the image tower."""
-        size = batch
-        if m.context and self.max_pairs:
-            size = min(size, max(1, self.max_pairs // classes))
-        if m.images and self.max_images:
-            size = min(size, self.max_images)
-        return size
-
     # --- the work of one job --------------------------------------------------------------
     def work(self, job: Job) -> Work:
         if job.rule not in COMPUTE_RULES:
@@ -540,7 +531,9 @@ class Estimator:
             steps, batch = int(job.stage["steps"]), int(job.stage["batch_size"])
             if job.stage.get("kl_weight"):
                 w.text_fwd += self._templated(size, job.classes)  # zero-shot anchor
-            micro = self._micro_batch(m, min(batch, n), len(size.labels(job.classes)))
+            micro = micro_batch_size(  # as pdiff.overfit.micro_batch splits the batch
+                min(batch, n), text_classes=len(size.labels(job.classes)) if m.context else None,
+                image_prompts=m.images, max_pairs=self.max_pairs, max_images=self.max_images)
             if m.images:
                 w.image_train, w.image_fwd, w.decoded = steps * n, n, n
                 w.step_image_train = micro
