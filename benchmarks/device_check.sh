@@ -29,6 +29,9 @@
 #                       of config/benchmark.yaml from the measured file; needs Snakemake (its dry
 #                       run), which the GPU machine may lack: then run the same command anywhere
 #                       on the returned file (~30 s)
+# 11. CPU DiT step      benchmarks/dit_step.py on the machine's CPU (1 thread): the demo's DiT
+#                       step on another processor than the development machine's; the header
+#                       records whether it has AVX-512 (~20 s)
 # Each step also runs under `timeout` (STEP_LIMIT seconds, default 150), so one hang costs at
 # most that. tests/test_device_check.py parses every `step` line's arguments on a CPU.
 #
@@ -75,6 +78,8 @@ step() {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   git log -1 --format='commit %h %s' 2>/dev/null || true
+  grep -m1 'model name' /proc/cpuinfo || true
+  echo "cpu flags with avx512: $(grep -o 'avx512[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
   "$python" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 1
   for module in open_clip snakemake; do
@@ -91,6 +96,7 @@ step() {
   step "8 diffusion tiny" benchmarks/diffusion_eval.py --device cuda --model pdiff-tiny --rounds 3
   step "9 diffusion ViT-B-16" benchmarks/diffusion_eval.py --device cuda --model ViT-B-16 --rounds 3
   step "10 cost plan" -m pdiff.cli plan-cost --configfile config/benchmark.yaml --throughputs "$out/throughputs-amp.json"
+  step "11 cpu dit step" benchmarks/dit_step.py --rounds 3 --steps 20
 
   echo
   echo "=== summary ==="
