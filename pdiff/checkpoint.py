@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pdiff import __version__
-from pdiff.backbone import Backbone, check_identity
 from pdiff.errors import PdiffError
-from pdiff.methods import PromptMethod, get_method
 from pdiff.utils import atomic_path
+
+if TYPE_CHECKING:  # reading a checkpoint's metadata needs neither open_clip nor the methods
+    from pdiff.backbone import Backbone
+    from pdiff.methods import PromptMethod
 
 
 def save_prompt(path: str | Path, method: PromptMethod, meta: dict) -> None:
@@ -48,6 +51,9 @@ def read_prompt_meta(path: str | Path) -> dict:
 def load_prompt(path: str | Path, backbone: Backbone, classnames: list[str] | None = None
                 ) -> tuple[PromptMethod, dict]:
     """Rebuild the method around `backbone` and load its learned parameters."""
+    from pdiff.backbone import check_identity
+    from pdiff.methods import get_method
+
     meta = read_prompt_meta(path)
     check_identity(backbone.identity, meta["backbone"], f"prompt checkpoint {path}")
     cls = get_method(meta["method"])

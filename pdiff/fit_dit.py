@@ -1,11 +1,11 @@
 """Train the prompt DiT on a prompt store (`pdiff fit-diffusion`).
 
 The glue between a host method and the method-agnostic diffusion package: it checks that the
-store belongs to this prompt and backbone, and hands the optional classification term (through
-the model's clean-prompt estimate) to the trainer (:mod:`pdiff.diffusion.trainer`) as a plain
-callable. With `holdout` > 0 a
-seeded fraction of the store stays out of training, and the diagnostics file records how well
-the prompts generated for those unseen images follow their true overfitted deltas.
+store belongs to this prompt (its method and backbone), and hands the optional classification
+term (through the model's clean-prompt estimate) to the trainer (:mod:`pdiff.diffusion.trainer`)
+as a plain callable; only that term needs the backbone. With `holdout` > 0 a seeded fraction of
+the store stays out of training, and the diagnostics file records how well the prompts generated
+for those unseen images follow their true overfitted deltas.
 """
 
 from __future__ import annotations
@@ -13,24 +13,26 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pdiff.backbone import load_backbone
 from pdiff.budget import max_pairs, stage_params
-from pdiff.checkpoint import load_prompt
+from pdiff.checkpoint import read_prompt_meta
 from pdiff.diagnose import delta_agreement
 from pdiff.diffusion import fit_diffusion, save_diffusion
 from pdiff.diffusion.config import DiffusionConfig
 from pdiff.diffusion.trainer import ClsLoss
 from pdiff.errors import PdiffError
-from pdiff.methods import Inputs, PromptMethod
 from pdiff.resume import Resume, file_digest
 from pdiff.sampled_softmax import draw_classes, sampled_cross_entropy
 from pdiff.store import PromptStore, read_store
 from pdiff.utils import get_device, set_seed, write_json
+
+if TYPE_CHECKING:
+    from pdiff.methods import PromptMethod
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ def diagnostics(dm, store: PromptStore, train: np.ndarray, held: np.ndarray) -> 
 def classification_loss(method: PromptMethod, negatives: int | None) -> ClsLoss:
     """The DiT's classification term: cross-entropy of the method's logits under the decoded
     prompts, over every class or (`negatives`) a sampled-class softmax."""
+    from pdiff.methods import Inputs
+
     num_classes, layout = len(method.classnames), method.layout
 
     def cls_loss(tokens: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
@@ -83,36 +87,50 @@ def classification_loss(method: PromptMethod, negatives: int | None) -> ClsLoss:
     return cls_loss
 
 
-def fit_dit(*, prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str,
-            diagnostics_out: str | None = None) -> None:
-    set_seed(seed)
-    device = get_device()
+def host_classification_loss(prompt: str, backbone_spec: dict, *, pairs: int,
+                             negatives: int | None, device: torch.device) -> ClsLoss:
+    """The classification term through `prompt`'s host method on the backbone, which must be
+    the one the prompt was trained with."""
+    from pdiff.backbone import load_backbone
+    from pdiff.checkpoint import load_prompt
+
     backbone = load_backbone(backbone_spec, device)
-    backbone.max_pairs = max_pairs(params)
-    params = stage_params(params)  # what the resume key holds
-    cfg = DiffusionConfig.from_dict(params)
+    backbone.max_pairs = pairs
     method, _ = load_prompt(prompt, backbone)
     method.requires_grad_(False)
-    data = read_store(store, expect_method=method.name, expect_backbone=backbone.identity)
-
-    if cfg.cls_weight > 0 and method.needs_images:
+    if method.needs_images:
         raise PdiffError(
             f"diffusion.cls_weight > 0 needs prompts that act on cached image features; "
             f"{method.name} prompts the image encoder and the store holds no images; set "
             "diffusion.cls_weight: 0 for it"
         )
+    return classification_loss(method, negatives)
 
-    resume = Resume(out, {"params": params, "seed": seed, "backbone": backbone.identity,
+
+def fit_dit(*, prompt: str, store: str, backbone_spec: dict, params: dict, seed: int, out: str,
+            diagnostics_out: str | None = None) -> None:
+    set_seed(seed)
+    device = get_device()
+    pairs = max_pairs(params)
+    params = stage_params(params)  # what the resume key holds
+    cfg = DiffusionConfig.from_dict(params)
+    # The DiT sees only the store: the backbone (and open_clip's import, seconds of every job)
+    # is loaded only for the classification term.
+    meta = read_prompt_meta(prompt)
+    data = read_store(store, expect_method=meta["method"], expect_backbone=meta["backbone"])
+    cls_loss = (host_classification_loss(prompt, backbone_spec, pairs=pairs,
+                                         negatives=cfg.cls_negatives, device=device)
+                if cfg.cls_weight > 0 else None)
+
+    resume = Resume(out, {"params": params, "seed": seed, "backbone": meta["backbone"],
                           "prompt": file_digest(prompt), "store": file_digest(store)},
                     "diffusion training")
     train, held = split_holdout(data.num_samples, float(cfg.holdout), seed)
     t0 = time.time()
     dm = fit_diffusion(subset(data, train) if len(held) else data, params, seed=seed,
-                       cls_loss=classification_loss(method, cfg.cls_negatives)
-                       if cfg.cls_weight > 0 else None,
-                       device=str(device), resume=resume)
+                       cls_loss=cls_loss, device=str(device), resume=resume)
     if diagnostics_out:
-        report = {"method": method.name, "seed": seed, "held_out_rows": len(held),
+        report = {"method": meta["method"], "seed": seed, "held_out_rows": len(held),
                   **diagnostics(dm, data, train, held)}
         write_json(diagnostics_out, report)
     save_diffusion(out, dm)

@@ -18,7 +18,6 @@ from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint
 
 from pdiff.config import Config, positive
 from pdiff.diffusion.objective import Objective
@@ -88,6 +87,10 @@ def integrate(
 
     ``steps`` sets the fixed grid; adaptive solvers ignore it and use ``rtol``/``atol``.
     """
+    # Imported here: torchdiffeq loads scipy.integrate (half a second), which the jobs that
+    # never sample (baseline and zero-shot evaluation, most DiT training) need not pay for.
+    from torchdiffeq import odeint
+
     check_solver(solver)
     # Time runs in at least float32 even for lower-precision states.
     t_dtype = x0.dtype if x0.dtype in (torch.float32, torch.float64) else torch.float32

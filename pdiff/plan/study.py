@@ -237,11 +237,13 @@ class Plan:
         sampling = stage_config("sampling", wildcards.sv, wildcards.method)
         return cost.Job(name, sets=sets, sampling=sampling, **run)
 
-    def threads(self, name: str, cpu: int) -> Callable[[Any], int]:
-        """`cpu` threads on a CPU; on a GPU, one plus the loader workers the job needs."""
+    def threads(self, name: str) -> Callable[[Any], int]:
+        """On a GPU, one plus the loader workers the job needs. On a CPU, one: the demo's jobs
+        are small, so two of them side by side finish sooner than one on two threads (and a
+        loader worker) would, with the same numbers (docs/performance.md, "Threads")."""
 
         def threads(wildcards: Any) -> int:
-            return self.estimator.threads(self.cost_job(name, wildcards)) if self.gpu else cpu
+            return self.estimator.threads(self.cost_job(name, wildcards)) if self.gpu else 1
 
         return threads
 

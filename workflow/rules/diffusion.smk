@@ -16,7 +16,7 @@ rule fit_diffusion:
         PATHS.benchmark("fit_diffusion", f"{RUN}/{{ov}}/{{dv}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("fit_diffusion", cpu=1)
+    threads: PLAN.threads("fit_diffusion")
     resources:
         mem_mb=PLAN.mem_mb("fit_diffusion"),
         runtime=PLAN.runtime("fit_diffusion"),

@@ -19,7 +19,7 @@ rule evaluate_baseline:
         PATHS.benchmark("evaluate_baseline", RUN)
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("evaluate_baseline", cpu=1)
+    threads: PLAN.threads("evaluate_baseline")
     resources:
         mem_mb=PLAN.mem_mb("evaluate_baseline"),
         runtime=PLAN.runtime("evaluate_baseline"),
@@ -56,7 +56,7 @@ rule evaluate_diffusion:
         PATHS.benchmark("evaluate_diffusion", f"{RUN}/{{ov}}/{{dv}}/{{sv}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("evaluate_diffusion", cpu=1)
+    threads: PLAN.threads("evaluate_diffusion")
     resources:
         mem_mb=PLAN.mem_mb("evaluate_diffusion"),
         runtime=PLAN.runtime("evaluate_diffusion"),
@@ -100,7 +100,7 @@ rule evaluate_zeroshot:
         PATHS.benchmark("evaluate_zeroshot", "{dataset}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("evaluate_zeroshot", cpu=1)
+    threads: PLAN.threads("evaluate_zeroshot")
     resources:
         mem_mb=PLAN.mem_mb("evaluate_zeroshot"),
         runtime=PLAN.runtime("evaluate_zeroshot"),
@@ -143,7 +143,7 @@ rule evaluate_val_baseline:
         PATHS.benchmark("evaluate_val_baseline", RUN)
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("evaluate_baseline", cpu=1)
+    threads: PLAN.threads("evaluate_baseline")
     resources:
         mem_mb=PLAN.mem_mb("evaluate_baseline"),
         runtime=PLAN.runtime("evaluate_baseline"),
@@ -178,7 +178,7 @@ rule evaluate_val_diffusion:
         PATHS.benchmark("evaluate_val_diffusion", f"{RUN}/{{ov}}/{{dv}}/{{sv}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("evaluate_diffusion", cpu=1)
+    threads: PLAN.threads("evaluate_diffusion")
     resources:
         mem_mb=PLAN.mem_mb("evaluate_diffusion"),
         runtime=PLAN.runtime("evaluate_diffusion"),

@@ -15,7 +15,7 @@ rule features_test:
         PATHS.benchmark("features", "{dataset}/test")
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("features_test", cpu=2)
+    threads: PLAN.threads("features_test")
     resources:
         mem_mb=PLAN.mem_mb("features_test"),
         runtime=PLAN.runtime("features_test"),
@@ -45,7 +45,7 @@ rule features_fewshot:
         PATHS.benchmark("features", PATHS.draw())
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("features_fewshot", cpu=2)
+    threads: PLAN.threads("features_fewshot")
     resources:
         mem_mb=PLAN.mem_mb("features_fewshot"),
         runtime=PLAN.runtime("features_fewshot"),

@@ -16,7 +16,7 @@ rule overfit:
         PATHS.benchmark("overfit", f"{RUN}/{{ov}}")
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("overfit", cpu=2)
+    threads: PLAN.threads("overfit")
     resources:
         mem_mb=PLAN.mem_mb("overfit"),
         runtime=PLAN.runtime("overfit"),

@@ -16,7 +16,7 @@ rule train:
         PATHS.benchmark("train", RUN)
     conda:
         "../../envs/pdiff.yaml"
-    threads: PLAN.threads("train", cpu=1)
+    threads: PLAN.threads("train")
     resources:
         mem_mb=PLAN.mem_mb("train"),
         runtime=PLAN.runtime("train"),
