@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo demo-full claims test test-quick test-slurm lint report docs clean
+.PHONY: install demo demo-full claims compare test test-quick test-slurm lint report docs clean
 
 $(BIN)/pdiff: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,17 @@ CLAIMS := "world 0=results/claims/world0/report/summary.json" \
 docs:
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(CLAIMS) --label "$(CLAIMS_LABEL)" \
 	    --out docs/results.md --readme README.md
+
+# Does the quick demo reach the whole demo's conclusions? The whole demo on the claims' seeds
+# (config/claims-full.yaml, about an hour on 2 cores; `make claims` first), then
+# docs/quick-vs-whole.md: both runs cell by cell (host, row, protocol), signs and verdicts.
+COMPARE := "quick demo=results/claims/world0/report/summary.json" \
+    "whole demo=results/claims/full/report/summary.json"
+COMPARE_LABEL := the quick demo (\`config/quick.yaml\`) and the whole embedded demo (\`config/config.yaml\`), both procedurally generated miniatures of the benchmark with a tiny CLIP (not the paper's benchmark), on the same seeds, which chose no default
+compare: install
+	$(SNAKEMAKE) --configfile config/config.yaml config/claims-full.yaml
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(COMPARE) --label "$(COMPARE_LABEL)" \
+	    --out docs/quick-vs-whole.md
 
 # The smoke pipeline on a local single-node Slurm (root: installs slurm and munge with apt-get).
 test-slurm: install

@@ -196,6 +196,29 @@ def test_several_runs_share_one_host_table_and_keep_their_own_tables(summary_pat
         write_docs([summary_path, tmp_path / "other.json"], out)
 
 
+def test_several_runs_are_compared_cell_by_cell(summary_path, tmp_path):
+    """The page of several runs says, for every (host, row, protocol), whether the other runs
+    find prompt diffusion's difference with the same sign and verdict as the first."""
+    other = json.loads(summary_path.read_text())
+    for g in other["base2new"]["diffusion_gain"]:
+        if g["method"] == "coop":  # CoOp's HM gains flip, pdiff's row and the paper's
+            g["hm"] = -g["hm"]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    out = tmp_path / "results.md"
+    write_docs([f"quick={summary_path}", f"whole={tmp_path / 'other.json'}"], out, repo=ROOT)
+    text = out.read_text()
+    section = text.split("## Does whole reach quick's conclusions?\n")[1].split("\n## ")[0]
+    cells = [x for x in section.splitlines() if x.startswith(("| CoOp |", "| VPT |"))]
+    rows = {tuple(c.strip() for c in x.split("|")[1:4]): x for x in cells}
+    # 2 hosts x 2 rows (pdiff's, the paper preset's) x 3 protocols
+    assert {(h, r) for h, r, _ in rows} == {(h, r) for h in ("CoOp", "VPT")
+                                           for r in ("pdiff", "paper")}
+    assert {p for _, _, p in rows} == {"HM", "cross-dataset", "DG"}
+    flipped = {k for k, x in rows.items() if "| no |" in x}
+    assert flipped == {("CoOp", "pdiff", "HM"), ("CoOp", "paper", "HM")}
+    assert "Same sign in 10 of 12 cells" in section
+
+
 def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):
     (tmp_path / "README.md").write_text("# no markers\n")
     with pytest.raises(PdiffError, match="results:start"):
