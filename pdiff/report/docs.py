@@ -345,21 +345,26 @@ def _runs_line(runs: Sequence[Run]) -> str:
     return "; ".join(f"{p}, {r.stamp.line()}" for p, r in zip(parts, runs, strict=True))
 
 
-def _how(summary: dict) -> str:
+def _how(runs: Sequence[Run]) -> str:
     text = ("Δ is prompt diffusion minus its host, ± the standard error of the paired per-seed "
             "differences (none with one seed; the verdict calls a Δ within two of them neither "
             "a win nor a loss)")
-    if "base2new" in summary:
-        n = len(summary["base2new"]["datasets"])
-        text += (f"; HM = 2·B·N/(B+N) from base and new averaged over the {n} base-to-new "
-                 "dataset(s)")
+    counts = {r.name: len(r.summary["base2new"]["datasets"]) for r in runs
+              if "base2new" in r.summary}
+    if counts:
+        if len(set(counts.values())) == 1:
+            over = f"the {next(iter(counts.values()))} base-to-new dataset(s)"
+        else:
+            over = "each run's base-to-new datasets (" + ", ".join(
+                f"{name}: {n}" for name, n in counts.items()) + ")"
+        text += f"; HM = 2·B·N/(B+N) from base and new averaged over {over}"
     return text + "."
 
 
 def readme_block(runs: Sequence[Run], label: str, link: str) -> str:
     """The README's results block: the host table, what it is and where the rest is."""
     return "\n".join([
-        f"Results of {label}; {_runs_line(runs)}. {_how(runs[0].summary)}",
+        f"Results of {label}; {_runs_line(runs)}. {_how(runs)}",
         "",
         host_table([(r.name, r.summary) for r in runs]).rstrip("\n"),
         "",
@@ -565,7 +570,7 @@ def results_markdown(runs: Sequence[Run], label: str) -> str:
          "report's provenance record). ")
         + "How each default was chosen: [defaults.md](defaults.md).\n",
         "## Does prompt diffusion beat its host?\n",
-        f"{_how(runs[0].summary)}\n",
+        f"{_how(runs)}\n",
         host_table([(r.name, r.summary) for r in runs]),
         target_line([(r.name, r.summary) for r in runs]) + "\n",
     ]
