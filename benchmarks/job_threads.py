@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
 import subprocess
 import tempfile
 import time
@@ -23,23 +21,17 @@ import h5py
 import numpy as np
 from _common import table
 
+from pdiff.cost.plan import dry_run, parse_jobs
+
 REPO = Path(__file__).resolve().parent.parent
-#: The rules this can time, and their `pdiff` subcommand: each writes HDF5 and reads images.
-RULES = {"overfit": "overfit", "features_test": "features"}
+#: The rules this can time: each reads images and writes HDF5.
+RULES = ("overfit", "features_test", "features_fewshot")
 
 
 def commands(configfile: str, rule: str) -> list[list[str]]:
-    """The rule's `pdiff` commands from a dry run, without their log redirection."""
-    dry = subprocess.run(
-        ["snakemake", "--configfile", configfile, "-n", "-p", "--forcerun", rule, "--cores", "2"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout
-    out = []
-    for line in dry.splitlines():
-        m = re.match(rf"\s*(?:Shell command: )?(pdiff {RULES[rule]} .*?) > ", line)
-        if m:
-            out.append(shlex.split(m.group(1)))
-    return sorted(out)
+    """The rule's `pdiff` commands, as the workflow's dry run plans them."""
+    planned = parse_jobs(dry_run([REPO / configfile], REPO))
+    return sorted(list(p.argv) for p in planned if p.rule == rule and p.argv)
 
 
 def with_options(argv: list[str], out: Path, threads: int) -> list[str]:
@@ -81,7 +73,7 @@ def same_outputs(a: Path, b: Path) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configfile", default="config/quick.yaml")
-    ap.add_argument("--rule", default="overfit", choices=sorted(RULES))
+    ap.add_argument("--rule", default="overfit", choices=RULES)
     ap.add_argument("--jobs", type=int, default=2, help="jobs run each way (the cores)")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -99,7 +91,7 @@ def main() -> None:
                 seconds[w].append(run(jobs, folder, threads, together))
         same = all(same_outputs(Path(tmp) / f"0-2/{i}.h5", Path(tmp) / f"0-1/{i}.h5")
                    for i in range(len(jobs)))
-    print(f"{len(jobs)} `pdiff {RULES[args.rule]}` jobs of {args.configfile}, "
+    print(f"{len(jobs)} `{args.rule}` jobs of {args.configfile}, "
           f"{os.cpu_count()} CPUs, median of {args.rounds} rounds")
     print(table(["way", "wall s"], [[w, float(np.median(s))] for w, s in seconds.items()]))
     plain, fast = (float(np.median(s)) for s in seconds.values())

@@ -165,6 +165,13 @@ def _tags(summary: dict) -> tuple[str | None, list[str]]:
     return own, [t for t in tags if t not in (None, "pdiff")]
 
 
+def _cell_verdict(delta: float, se_: float | None) -> str:
+    """One difference: better or worse than the host, or within two standard errors."""
+    if se_ is not None and abs(delta) <= 2 * se_:
+        return "within 2 SE"
+    return "better" if delta > 0 else "worse"
+
+
 def _verdict(deltas: dict[str, float | None], target: float | None,
              ses: dict[str, float | None] | None = None) -> str:
     """Whether prompt diffusion beats its host, protocol by protocol (a gain on base-to-new
@@ -172,10 +179,9 @@ def _verdict(deltas: dict[str, float | None], target: float | None,
     A difference within two standard errors of the paired per-seed differences (`ses`) is
     named as such, neither a win nor a loss."""
     known = {name: d for name, d in deltas.items() if d is not None}
-    ses = ses or {}
-    noise = [n for n, d in known.items() if ses.get(n) is not None and abs(d) <= 2 * ses[n]]
-    wins = [n for n, d in known.items() if d > 0 and n not in noise]
-    losses = [n for n, d in known.items() if d <= 0 and n not in noise]
+    cells = {n: _cell_verdict(d, (ses or {}).get(n)) for n, d in known.items()}
+    noise, wins, losses = ([n for n, v in cells.items() if v == kind]
+                           for kind in ("within 2 SE", "better", "worse"))
     if not losses and not noise:
         verdict = "yes" if len(known) == 1 else "yes, on every protocol"
     elif not wins and not noise:
@@ -278,12 +284,6 @@ def _host_lines(summary: dict, only: str | None = None) -> tuple[list[str], list
         line.append(_verdict(deltas, target, ses))
         lines.append(line)
     return header, lines
-
-
-def _cell_verdict(delta: float, se_: float | None) -> str:
-    if se_ is not None and abs(delta) <= 2 * se_:
-        return "within 2 SE"
-    return "better" if delta > 0 else "worse"
 
 
 def _deltas(summary: dict) -> dict[tuple[str, str, str], tuple[float, float | None]]:
