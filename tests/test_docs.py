@@ -217,6 +217,14 @@ def test_several_runs_are_compared_cell_by_cell(summary_path, tmp_path):
     flipped = {k for k, x in rows.items() if "| no |" in x}
     assert flipped == {("CoOp", "pdiff", "HM"), ("CoOp", "paper", "HM")}
     assert "Same sign in 10 of 12 cells" in section
+    # Between the runs: a flipped HM moves by twice its Δ (here beyond 2 SE), the rest by 0
+    coop_hm = rows[("CoOp", "pdiff", "HM")].split("|")[-2]
+    g = next(g for g in other["base2new"]["diffusion_gain"]
+             if g["method"] == "coop" and g["tag"] == "pdiff")
+    assert coop_hm.strip().startswith(f"{2 * g['hm']:+.2f} ± ")
+    assert coop_hm.strip().endswith("(apart)")
+    assert "+0.00" in rows[("VPT", "pdiff", "HM")].split("|")[-2]
+    assert "more than 2 SE apart in 2 of 12" in section
 
 
 def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):

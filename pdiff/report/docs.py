@@ -305,28 +305,46 @@ def _deltas(summary: dict) -> dict[tuple[str, str, str], tuple[float, float | No
     return out
 
 
+def _between(d0: float, s0: float | None, d1: float, s1: float | None) -> tuple[str, bool | None]:
+    """The second run's Δ minus the first's, ± the SE of that difference (independent runs),
+    and whether it lies within two of them (None without seeds to tell)."""
+    if s0 is None or s1 is None:
+        return fmt_signed(d1 - d0), None
+    diff, s = d1 - d0, (s0 ** 2 + s1 ** 2) ** 0.5
+    return fmt_signed(diff, s), abs(diff) <= 2 * s
+
+
 def agreement_table(runs: Sequence[tuple[str | None, dict]]) -> str:
     """Whether the other runs reach the first one's conclusions: prompt diffusion's difference
     from its host cell by cell (host, row, protocol), its sign and its verdict (better, worse,
-    or within two paired SEs) in each run."""
+    or within two paired SEs) in each run, and whether the two differences are farther apart
+    than two SEs of their difference: with a few seeds a sign can flip by chance, and this
+    column tells a flip from a real change."""
     (first_name, first), *others = runs
     base = _deltas(first)
-    lines, sign, verdict, cells = [], 0, 0, 0
+    lines, sign, verdict, cells, apart, tested = [], 0, 0, 0, 0, 0
     for name, summary in others:
         theirs = _deltas(summary)
         for key in [k for k in base if k in theirs]:
             (d0, s0), (d1, s1) = base[key], theirs[key]
             v0, v1 = _cell_verdict(d0, s0), _cell_verdict(d1, s1)
             cells, sign, verdict = cells + 1, sign + ((d0 > 0) == (d1 > 0)), verdict + (v0 == v1)
+            gap, close = _between(d0, s0, d1, s1)
+            tested, apart = tested + (close is not None), apart + (close is False)
             method, row, measure = key
             lines.append([METHOD_NAMES.get(method, method), row, measure, *(
                 [name] if len(others) > 1 else []), fmt_signed(d0, s0), fmt_signed(d1, s1),
-                "yes" if (d0 > 0) == (d1 > 0) else "no", f"{v0} / {v1}"])
+                "yes" if (d0 > 0) == (d1 > 0) else "no", f"{v0} / {v1}",
+                gap + ("" if close is None else " (within 2 SE)" if close else " (apart)")])
     header = ["Host method", "Row", "Protocol", *(["Run"] if len(others) > 1 else []),
               f"Δ {first_name}", f"Δ {others[0][0] if len(others) == 1 else 'run'}",
-              "Same sign", "Verdicts"]
-    return (md_table(header, lines, left=3 + (len(others) > 1)) + "\n"
-            + f"Same sign in {sign} of {cells} cells; the same verdict in {verdict} of {cells}.")
+              "Same sign", "Verdicts", "Difference between runs"]
+    summary_line = (f"Same sign in {sign} of {cells} cells; the same verdict in {verdict} of "
+                    f"{cells}")
+    if tested:
+        summary_line += (f"; the two differences more than 2 SE apart in {apart} of {tested} "
+                         "(the others may differ by chance)")
+    return md_table(header, lines, left=3 + (len(others) > 1)) + "\n" + summary_line + "."
 
 
 def _seeds(summary: dict) -> str:
@@ -580,7 +598,9 @@ def results_markdown(runs: Sequence[Run], label: str) -> str:
               "conclusions?\n",
               "Prompt diffusion minus its host in each run; the verdict is better or worse, or "
               "within 2 SE (of the paired per-seed differences) when the difference is that "
-              "small.\n",
+              "small. The last column is the second run's difference minus the first's, ± "
+              "the SE of that (√(SE₁² + SE₂²): the runs are independent); apart when it is "
+              "more than twice that, so a flipped sign that is not apart may be chance.\n",
               agreement_table([(r.name, r.summary) for r in runs]) + "\n"]
     for r in runs:
         parts += [f"## {r.name}\n", *_demoted(_run_sections(r.summary))]
