@@ -69,7 +69,7 @@ docs:
 # and whether the two differences are farther apart than chance.
 COMPARE := "whole demo=results/claims/full/report/summary.json" \
     "quick demo=results/claims/world0/report/summary.json"
-COMPARE_LABEL := the quick demo (\`config/quick.yaml\`) and the whole embedded demo (\`config/config.yaml\`), both procedurally generated miniatures of the benchmark with a tiny CLIP (not the paper's benchmark), on the same seeds, which chose no default
+COMPARE_LABEL := the whole embedded demo (\`config/config.yaml\`) and the quick demo (\`config/quick.yaml\`), both procedurally generated miniatures of the benchmark with a tiny CLIP (not the paper's benchmark), on the same seeds, which chose no default
 compare: install
 	$(SNAKEMAKE) --configfile config/config.yaml config/claims-full.yaml
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m pdiff.report.docs $(COMPARE) --label "$(COMPARE_LABEL)" \
