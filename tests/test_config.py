@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pdiff.config import Config
+from pdiff.data.synthetic import COLOURS, FAMILIES, WorldSpec
 from pdiff.diffusion.config import DiffusionConfig
 from pdiff.diffusion.sampler import FIXED_SOLVERS, SamplingConfig
 from pdiff.errors import PdiffError
@@ -16,6 +17,7 @@ from pdiff.evaluate import EvaluationConfig
 from pdiff.methods import METHODS
 from pdiff.methods.base import TrainConfig
 from pdiff.overfit import OverfitConfig
+from pdiff.plan.config import ConfigError, load_config
 
 SCHEMA = yaml.safe_load(
     (Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text()
@@ -71,6 +73,20 @@ def test_method_blocks_and_config_objects_agree(method):
     for key, prop in props.items():
         if "default" in prop:
             assert prop["default"] == defaults[key], (method, key)
+
+
+def test_the_demo_world_is_bounded_by_its_palette_and_families(tmp_path):
+    """A world cannot ask for more colours or objects than the generator draws: the schema's
+    bounds are the palette's and the families' sizes, and its defaults the generator's."""
+    props = SCHEMA["properties"]["world"]["else"]["properties"]  # kind: synthetic
+    assert props["colours"]["maximum"] == len(COLOURS)
+    assert props["objects"]["maximum"] == min(len(f) for f in FAMILIES.values())
+    assert (props["colours"]["default"], props["objects"]["default"]) == (
+        WorldSpec.colours, WorldSpec.objects)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("world: {colours: 9}\n")
+    with pytest.raises(ConfigError, match="maximum of 8"):
+        load_config([bad])
 
 
 def test_schema_solvers_are_the_fixed_grid_ones():
