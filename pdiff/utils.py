@@ -9,18 +9,22 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from pdiff.errors import PdiffError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI and torch-free stages skip it
+    import torch
 
 log = logging.getLogger("pdiff")
 
 
 def set_seed(seed: int) -> torch.Generator:
     """Seed every RNG we use and return a torch generator for explicit draws."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -29,6 +33,8 @@ def set_seed(seed: int) -> torch.Generator:
 
 def get_device(prefer: str = "auto") -> torch.device:
     """CUDA when present (and not disabled), else CPU: the same code runs on both."""
+    import torch
+
     if prefer == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")

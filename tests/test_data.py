@@ -13,7 +13,6 @@ from PIL import Image
 from pdiff.data import (
     DatasetSpec,
     Datum,
-    ImageDataset,
     class_subset,
     clean_classname,
     draw_fewshot,
@@ -21,12 +20,11 @@ from pdiff.data import (
     format_prompt,
     generate_fewshot,
     load_fewshot,
-    load_image,
     read_split,
     save_fewshot,
     subsample_classes,
 )
-from pdiff.data.images import image_loader
+from pdiff.data.images import ImageDataset, image_loader, load_image
 from pdiff.errors import PdiffError
 from tests.helpers import VARIED, dassl_reference, save_varied
 

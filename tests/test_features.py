@@ -150,6 +150,6 @@ def test_every_method_trains_on_the_cache(caches, world, backbone_spec, tmp_path
 
 
 def _images(world, spec, data):
-    from pdiff.data import load_image
+    from pdiff.data.images import load_image
 
     return [load_image(spec.image_root(world) / d.impath) for d in data]

@@ -21,7 +21,8 @@ from PIL import Image
 from pdiff.backbone import check_identity, load_backbone
 from pdiff.check_data import PUBLISHED_COUNTS, check_data
 from pdiff.cli import build_parser, main
-from pdiff.data import KNOWN_DATASETS, load_image, read_split
+from pdiff.data import KNOWN_DATASETS, read_split
+from pdiff.data.images import load_image
 from pdiff.data.rehearsal import MARKER, write_rehearsal
 from pdiff.errors import PdiffError
 from tests.helpers import BIN, REPO, plan, shell_commands, snakemake, write_config

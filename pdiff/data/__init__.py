@@ -1,4 +1,7 @@
-"""Datasets in the CoOp/Dassl layout: split reading, few-shot draws, templates, images."""
+"""Datasets in the CoOp/Dassl layout: split reading, few-shot draws, templates.
+
+Torch-free, so that the stages that only read splits (check-data, fewshot) start without it;
+image loading (torch's Dataset and DataLoader) lives in `pdiff.data.images`."""
 
 from pdiff.data.catalogue import (
     DEFAULT_FORMAT,
@@ -22,7 +25,6 @@ from pdiff.data.fewshot import (
     split_by_label,
     subsample_classes,
 )
-from pdiff.data.images import ImageDataset, image_loader, load_image
 from pdiff.data.readers import read_split
 from pdiff.data.templates import (
     GENERIC_TEMPLATE,
@@ -44,7 +46,6 @@ __all__ = [
     "DatasetSpec",
     "DatasetSplits",
     "Datum",
-    "ImageDataset",
     "class_subset",
     "clean_classname",
     "draw_fewshot",
@@ -54,8 +55,6 @@ __all__ = [
     "limit_draw",
     "limited",
     "load_fewshot",
-    "load_image",
-    "image_loader",
     "read_split",
     "save_fewshot",
     "split_by_label",
