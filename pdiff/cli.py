@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     keep_freed_memory()
-    if args.threads:
+    if args.threads and not getattr(args.stage, "TORCH_FREE", False):
         import torch
 
         torch.set_num_threads(args.threads)

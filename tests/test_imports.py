@@ -99,3 +99,17 @@ def test_planning_the_cli_and_the_split_reading_stages_are_torch_free(module):
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_torch_free_stages_run_without_torch(tmp_path):
+    """Run as the rules run them (with --threads), the stages marked TORCH_FREE do not load
+    torch: check-data on a missing folder fails after the thread setup and the check."""
+    code = ("import sys; from pdiff.cli import STAGES, main; "
+            f"rc = main(['check-data', '--data-root', {str(tmp_path)!r}, '--datasets', "
+            "'[\"OxfordPets\"]', '--threads', '1']); "
+            "assert rc != 0; assert 'torch' not in sys.modules, 'torch imported'; "
+            "print(sorted(s.NAME for s in STAGES if getattr(s, 'TORCH_FREE', False)))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "['check-data', 'fewshot', 'report']"

@@ -8,6 +8,7 @@ from pdiff.stages.common import add_data_root, json_value
 
 NAME = "check-data"
 HELP = "check that the configured datasets are on disk"
+TORCH_FREE = True  # reads splits and JSON only: --threads does not load torch (1.5 s a job)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from pdiff.stages.common import add_dataset
 
 NAME = "fewshot"
 HELP = "draw the K-shot training/validation split (CoOp)"
+TORCH_FREE = True  # reads splits and JSON only: --threads does not load torch (1.5 s a job)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from pdiff.stages.common import add_params
 
 NAME = "report"
 HELP = "tables and figures from evaluation JSON files"
+TORCH_FREE = True  # reads JSON and tables only: --threads does not load torch (1.5 s a job)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
