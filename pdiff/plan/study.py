@@ -60,12 +60,6 @@ def alternation(names: Iterable[str]) -> str:
     return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
-#: Snakemake priorities, the rest 0. Host training -> overfitting -> DiT -> its evaluation is
-#: the longest chain of jobs, so its jobs start first: on a few cores the last of them no longer
-#: runs alone at the end (the quick demo's MaPLe chain did, 18 of 273 s on one of two cores).
-PRIORITIES = {"train": 3, "overfit": 2, "fit_diffusion": 1}
-
-
 class Plan:
     """Everything the workflow plans for `cfg` (a prepared config: `pdiff.plan.config.prepare`),
     checked on construction (a ConfigError names the key). `root` is the repository the
@@ -252,11 +246,6 @@ class Plan:
             return self.estimator.threads(self.cost_job(name, wildcards)) if self.gpu else 1
 
         return threads
-
-    @staticmethod
-    def priority(name: str) -> int:
-        """Snakemake's priority of a rule's jobs: see PRIORITIES."""
-        return PRIORITIES.get(name, 0)
 
     def runtime(self, name: str) -> Callable[[Any, int, int], int]:
         """Minutes to ask for (a retry asks for more)."""

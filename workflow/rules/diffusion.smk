@@ -14,7 +14,6 @@ rule fit_diffusion:
         PATHS.log("fit_diffusion", f"{RUN}/{{ov}}/{{dv}}"),
     benchmark:
         PATHS.benchmark("fit_diffusion", f"{RUN}/{{ov}}/{{dv}}")
-    priority: PLAN.priority("fit_diffusion")
     conda:
         "../../envs/pdiff.yaml"
     threads: PLAN.threads("fit_diffusion")

@@ -14,7 +14,6 @@ rule overfit:
         PATHS.log("overfit", f"{RUN}/{{ov}}"),
     benchmark:
         PATHS.benchmark("overfit", f"{RUN}/{{ov}}")
-    priority: PLAN.priority("overfit")
     conda:
         "../../envs/pdiff.yaml"
     threads: PLAN.threads("overfit")

@@ -14,7 +14,6 @@ rule train:
         PATHS.log("train", RUN),
     benchmark:
         PATHS.benchmark("train", RUN)
-    priority: PLAN.priority("train")
     conda:
         "../../envs/pdiff.yaml"
     threads: PLAN.threads("train")
