@@ -225,6 +225,10 @@ def test_several_runs_are_compared_cell_by_cell(summary_path, tmp_path):
     assert coop_hm.strip().endswith("(apart)")
     assert "+0.00" in rows[("VPT", "pdiff", "HM")].split("|")[-2]
     assert "more than 2 SE apart in 2 of 12" in section
+    decided = [k for k, x in rows.items() if x.split("|")[7].strip().split(" / ")[0]
+               != "within 2 SE"]
+    kept = [k for k in decided if k not in flipped]
+    assert decided and f"the same sign in {len(kept)} of {len(decided)}." in section
 
 
 def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):

@@ -323,12 +323,15 @@ def agreement_table(runs: Sequence[tuple[str | None, dict]]) -> str:
     (first_name, first), *others = runs
     base = _deltas(first)
     lines, sign, verdict, cells, apart, tested = [], 0, 0, 0, 0, 0
+    decided, kept = 0, 0  # cells where the first run's verdict is better or worse
     for name, summary in others:
         theirs = _deltas(summary)
         for key in [k for k in base if k in theirs]:
             (d0, s0), (d1, s1) = base[key], theirs[key]
             v0, v1 = _cell_verdict(d0, s0), _cell_verdict(d1, s1)
             cells, sign, verdict = cells + 1, sign + ((d0 > 0) == (d1 > 0)), verdict + (v0 == v1)
+            if s0 is not None and v0 != "within 2 SE":
+                decided, kept = decided + 1, kept + ((d0 > 0) == (d1 > 0))
             gap, close = _between(d0, s0, d1, s1)
             tested, apart = tested + (close is not None), apart + (close is False)
             method, row, measure = key
@@ -344,6 +347,9 @@ def agreement_table(runs: Sequence[tuple[str | None, dict]]) -> str:
     if tested:
         summary_line += (f"; the two differences more than 2 SE apart in {apart} of {tested} "
                          "(the others may differ by chance)")
+    if decided:
+        summary_line += (f". Where {first_name} decides (better or worse, {decided} cells), "
+                         f"the same sign in {kept} of {decided}")
     return md_table(header, lines, left=3 + (len(others) > 1)) + "\n" + summary_line + "."
 
 
