@@ -88,6 +88,14 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
+def python(code: str) -> str:
+    """Run `code` in a fresh interpreter (nothing imported yet) and return its stdout."""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
 @pytest.mark.parametrize("module", ["pdiff.plan.study", "pdiff.cli", "pdiff.check_data",
                                     "pdiff.data", "pdiff.report"])
 def test_planning_the_cli_and_the_split_reading_stages_are_torch_free(module):
@@ -95,21 +103,15 @@ def test_planning_the_cli_and_the_split_reading_stages_are_torch_free(module):
     torch (seconds per Snakemake start, and a login node may not have it). `pdiff --help`,
     check-data, fewshot and report read JSON, splits and tables only: without torch they start
     in a tenth of a second instead of one and a half (8 jobs of the quick demo)."""
-    code = f"import sys, {module}; assert 'torch' not in sys.modules, sorted(sys.modules)"
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
-                         text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    python(f"import sys, {module}; assert 'torch' not in sys.modules, sorted(sys.modules)")
 
 
 def test_torch_free_stages_run_without_torch(tmp_path):
     """Run as the rules run them (with --threads), the stages marked TORCH_FREE do not load
     torch: check-data on a missing folder fails after the thread setup and the check."""
-    code = ("import sys; from pdiff.cli import STAGES, main; "
-            f"rc = main(['check-data', '--data-root', {str(tmp_path)!r}, '--datasets', "
-            "'[\"OxfordPets\"]', '--threads', '1']); "
-            "assert rc != 0; assert 'torch' not in sys.modules, 'torch imported'; "
-            "print(sorted(s.NAME for s in STAGES if getattr(s, 'TORCH_FREE', False)))")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True,
-                         text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().splitlines()[-1] == "['check-data', 'fewshot', 'report']"
+    out = python("import sys; from pdiff.cli import STAGES, main; "
+                 f"rc = main(['check-data', '--data-root', {str(tmp_path)!r}, '--datasets', "
+                 "'[\"OxfordPets\"]', '--threads', '1']); "
+                 "assert rc != 0; assert 'torch' not in sys.modules, 'torch imported'; "
+                 "print(sorted(s.NAME for s in STAGES if getattr(s, 'TORCH_FREE', False)))")
+    assert out.strip().splitlines()[-1] == "['check-data', 'fewshot', 'report']"
