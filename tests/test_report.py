@@ -449,6 +449,19 @@ def test_ablation_settings_get_their_own_table_and_figure(tmp_path):
     assert f"{hm - host:+.2f} |" in best
 
 
+def test_evaluations_nothing_reads_are_counted(tmp_path, caplog):
+    """The ablation's settings and their validation records are read; an extra target is not."""
+    paths = _write_inputs(tmp_path)
+    extra = _variant_inputs(tmp_path, ("sampling", "steps=1"), 1, -10.0)
+    inputs = paths + extra + _val_inputs(paths + extra)
+    make_report(inputs=inputs, params=PARAMS, out_dir=tmp_path / "all_read")
+    assert "not used by any protocol table" not in caplog.text
+    stray = write_bundles(tmp_path / "stray", {"zs_stray.json": [
+        _eval("zeroshot", "zeroshot", None, None, None, "stray", "all", 10.0)]})
+    make_report(inputs=inputs + stray, params=PARAMS, out_dir=tmp_path / "stray_report")
+    assert "report: 1 input evaluation(s) are not used by any protocol table" in caplog.text
+
+
 def test_diagnosis_table_from_dit_diagnostics(tmp_path):
     diags = []
     for s, cos in ((1, 0.2), (2, 0.4)):

@@ -114,96 +114,22 @@ def make_report(*, inputs: list[Path], params: dict, out_dir: Path,
                  for r in rows],
         "hm_convention": "HM = 2*B*N/(B+N) from base and new averaged over datasets",
     }
-    tables: dict[str, list[dict]] = {}
-    if "base2new" in protocols:
-        datasets = list(protocols["base2new"]["datasets"])
-        tables["base2new"] = base2new_table(rows, seeds, datasets, acc)
-    for protocol in TRANSFER:
-        if protocol in protocols:
-            spec = protocols[protocol]
-            targets = list(spec["targets"])
-            tables[protocol] = transfer_table(rows, seeds, spec["source"], targets, acc)
+    tables = _protocol_tables(protocols, rows, seeds, acc)
     acc.raise_missing()
-    used = set(acc.used)
     if any(m != "zeroshot" for m in methods):
-        dits = load_diagnostics(diagnostics or [])
-        diag = diagnosis_rows(index, dits, methods)
-        underfit = underfit_dits(dits)
-        for u in underfit:
-            log.warning("report: the DiT %s does not reproduce its training prompts (seen "
-                        "cosine %.2f); raise diffusion.lr or diffusion.steps", u["dit"],
-                        u["train_cosine"])
-        write_diagnosis(out_dir, diag, underfit)
-        summary["diagnosis"] = diag
-        summary["underfit_dits"] = underfit
-    # The ablation compares settings that change one stage; a preset that changes more is a
-    # protocol row of its own, not an ablation setting.
-    whole = {variant_label(combo) for p in presets.values() for combo in p.values()
-             if sum(name != DEFAULT for name in combo.values()) > 1}
-    settings_index = {k: r for k, r in index.items() if k[-1] not in whole}
-    used_val: set = set()
-    if any(k[-1] != DEFAULT for k in settings_index):  # prompt diffusion in other settings
-        choose = params.get("choose_seeds") or []
-        val_settings = {k: r for k, r in val_index.items() if k[-1] not in whole}
-        settings = ablation_rows(settings_index, ablated, methods, seeds, val_settings, choose)
-        write_ablation(out_dir, settings, seeds, choose)
-        summary["ablation"] = settings
-        summary["ablation_choice"] = ablation_choice(settings, ablated, seeds, choose)
-        used |= {k for k in settings_index if k[-1] != DEFAULT}
-        used_val = set(val_settings)
-    unused = len(index) - len(used) + len(val_index) - len(used_val)
+        summary.update(_diagnosis(out_dir, index, diagnostics or [], methods))
+    used = set(acc.used) | _ablation(
+        out_dir, summary, index=index, val_index=val_index, ablated=ablated, methods=methods,
+        seeds=seeds, presets=presets, choose=params.get("choose_seeds") or [],
+    )
+    unused = len(index) + len(val_index) - len(used)
     if unused:
         log.warning("report: %d input evaluation(s) are not used by any protocol table", unused)
 
-    if "base2new" in tables:
-        datasets = list(protocols["base2new"]["datasets"])
-        write_base2new(out_dir, tables["base2new"], datasets, seeds, reference)
-        summary["base2new"] = {
-            "datasets": datasets,
-            "rows": tables["base2new"],
-            "diffusion_gain": diffusion_gains(tables["base2new"]),
-            "hm_target": HM_TARGET,
-        }
-        labels = [r["label"] for r in tables["base2new"]]
-        series = {
-            name: (
-                [r["average"][key] for r in tables["base2new"]],
-                [r["average"][f"{key}_se"] for r in tables["base2new"]],
-            )
-            for name, key in (("Base", "base"), ("New", "new"), ("HM", "hm"))
-        }
-        bars(
-            out_dir / "figures" / "base2new.png",
-            labels,
-            series,
-            f"Base-to-new, average over {len(datasets)} dataset(s)",
-        )
-    for protocol in TRANSFER:
-        if protocol in tables:
-            spec = protocols[protocol]
-            write_transfer(out_dir, protocol, tables[protocol], spec["source"],
-                           list(spec["targets"]), seeds, reference)
-            summary[protocol] = {
-                "source": spec["source"],
-                "targets": list(spec["targets"]),
-                "rows": tables[protocol],
-            }
-    transfer = [p for p in TRANSFER if p in tables]
-    if transfer:
-        names = {
-            "cross_dataset": "Cross-dataset (avg. over targets)",
-            "domain_generalization": "Domain generalisation (avg. over variants)",
-        }
-        labels = [r["label"] for r in tables[transfer[0]]]
-        series = {
-            names[p]: (
-                [r["average"]["accuracy"] for r in tables[p]],
-                [r["average"]["se"] for r in tables[p]],
-            )
-            for p in transfer
-        }
-        bars(out_dir / "figures" / "transfer.png", labels, series, "Transfer")
-
+    for protocol, table in tables.items():
+        summary[protocol] = _write_protocol(out_dir, protocol, table, protocols[protocol], seeds,
+                                            reference)
+    _figures(out_dir, tables, protocols)
     if reference:
         summary["reference"] = {
             "base2new": {m: asdict(p) for m, p in PUBLISHED_B2N.items()},
@@ -220,3 +146,93 @@ def make_report(*, inputs: list[Path], params: dict, out_dir: Path,
         out_dir / "summary.json", json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n"
     )
     log.info("report written to %s", out_dir)
+
+
+def _protocol_tables(protocols: dict, rows: list, seeds: list[int],
+                     acc: Lookup) -> dict[str, list[dict]]:
+    """Each configured protocol's table rows (base-to-new first, then the transfer ones)."""
+    tables: dict[str, list[dict]] = {}
+    if "base2new" in protocols:
+        datasets = list(protocols["base2new"]["datasets"])
+        tables["base2new"] = base2new_table(rows, seeds, datasets, acc)
+    for protocol in TRANSFER:
+        if protocol in protocols:
+            spec = protocols[protocol]
+            tables[protocol] = transfer_table(rows, seeds, spec["source"], list(spec["targets"]),
+                                              acc)
+    return tables
+
+
+def _diagnosis(out_dir: Path, index: dict, diagnostics: list[Path],
+               methods: list[str]) -> dict[str, Any]:
+    """Write the diagnosis table (and warn of DiTs that do not fit their prompts)."""
+    dits = load_diagnostics(diagnostics)
+    diag = diagnosis_rows(index, dits, methods)
+    underfit = underfit_dits(dits)
+    for u in underfit:
+        log.warning("report: the DiT %s does not reproduce its training prompts (seen "
+                    "cosine %.2f); raise diffusion.lr or diffusion.steps", u["dit"],
+                    u["train_cosine"])
+    write_diagnosis(out_dir, diag, underfit)
+    return {"diagnosis": diag, "underfit_dits": underfit}
+
+
+def _ablation(out_dir: Path, summary: dict[str, Any], *, index: dict, val_index: dict,
+              ablated: dict, methods: list[str], seeds: list[int], presets: dict,
+              choose: list[int]) -> set:
+    """Write the ablation of prompt diffusion's settings, if any ran; the records (test and
+    validation) it used."""
+    # The ablation compares settings that change one stage; a preset that changes more is a
+    # protocol row of its own, not an ablation setting.
+    whole = {variant_label(combo) for p in presets.values() for combo in p.values()
+             if sum(name != DEFAULT for name in combo.values()) > 1}
+    settings_index = {k: r for k, r in index.items() if k[-1] not in whole}
+    if not any(k[-1] != DEFAULT for k in settings_index):
+        return set()
+    val_settings = {k: r for k, r in val_index.items() if k[-1] not in whole}
+    settings = ablation_rows(settings_index, ablated, methods, seeds, val_settings, choose)
+    write_ablation(out_dir, settings, seeds, choose)
+    summary["ablation"] = settings
+    summary["ablation_choice"] = ablation_choice(settings, ablated, seeds, choose)
+    return {k for k in settings_index if k[-1] != DEFAULT} | set(val_settings)
+
+
+def _write_protocol(out_dir: Path, protocol: str, table: list[dict], spec: dict,
+                    seeds: list[int], reference: bool) -> dict[str, Any]:
+    """Write one protocol's CSV and Markdown table; its part of the summary."""
+    if protocol == "base2new":
+        datasets = list(spec["datasets"])
+        write_base2new(out_dir, table, datasets, seeds, reference)
+        return {"datasets": datasets, "rows": table, "diffusion_gain": diffusion_gains(table),
+                "hm_target": HM_TARGET}
+    targets = list(spec["targets"])
+    write_transfer(out_dir, protocol, table, spec["source"], targets, seeds, reference)
+    return {"source": spec["source"], "targets": targets, "rows": table}
+
+
+TRANSFER_FIGURE_NAMES = {
+    "cross_dataset": "Cross-dataset (avg. over targets)",
+    "domain_generalization": "Domain generalisation (avg. over variants)",
+}
+
+
+def _figures(out_dir: Path, tables: dict[str, list[dict]], protocols: dict) -> None:
+    """figures/base2new.png (base, new, HM) and figures/transfer.png (each transfer protocol)."""
+    if "base2new" in tables:
+        table = tables["base2new"]
+        series = {
+            name: ([r["average"][key] for r in table], [r["average"][f"{key}_se"] for r in table])
+            for name, key in (("Base", "base"), ("New", "new"), ("HM", "hm"))
+        }
+        n = len(protocols["base2new"]["datasets"])
+        bars(out_dir / "figures" / "base2new.png", [r["label"] for r in table], series,
+             f"Base-to-new, average over {n} dataset(s)")
+    transfer = [p for p in TRANSFER if p in tables]
+    if transfer:
+        series = {
+            TRANSFER_FIGURE_NAMES[p]: ([r["average"]["accuracy"] for r in tables[p]],
+                                       [r["average"]["se"] for r in tables[p]])
+            for p in transfer
+        }
+        labels = [r["label"] for r in tables[transfer[0]]]
+        bars(out_dir / "figures" / "transfer.png", labels, series, "Transfer")
