@@ -231,6 +231,33 @@ def test_several_runs_are_compared_cell_by_cell(summary_path, tmp_path):
     assert decided and f"the same sign in {len(kept)} of {len(decided)}." in section
 
 
+def test_several_runs_say_whether_they_choose_the_same_settings(summary_path, tmp_path):
+    """Each run's best setting on validation beside its default's, then the pooled choice."""
+    first = json.loads(summary_path.read_text())
+    val = {(r["method"], r["setting"]): r["val_base"] for r in first["ablation"]
+           if r["mode"] == "diffusion"}  # the fixture's ablation ran on base-to-new only
+    assert val[("coop", "default")] > val[("coop", "sampling: steps=1")]
+    other = json.loads(summary_path.read_text())
+    for r in other["ablation"]:  # in the other world steps=1 wins CoOp's validation by 10
+        if r["method"] == "coop" and r["setting"] == "sampling: steps=1":
+            r["val_base"] = val[("coop", "default")] + 10.0
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    out = tmp_path / "results.md"
+    write_docs([f"world 0={summary_path}", f"world 1={tmp_path / 'other.json'}"], out, repo=ROOT)
+    section = out.read_text().split("## Do the runs choose the same settings?\n")[1]
+    coop = _line(section, "| CoOp |").split(" | ")
+    d = val[("coop", "default")]
+    assert coop[1] == f"default ({fmt(d)}); default {fmt(d)}"
+    assert coop[2] == f"sampling: steps=1 ({fmt(d + 10)}); default {fmt(d)}"
+    pooled = (val[("coop", "sampling: steps=1")] + d + 10) / 2
+    assert coop[3].startswith(f"{'default' if d >= pooled else 'sampling: steps=1'} (")
+    vpt = _line(section, "| VPT |")
+    assert vpt.count("default (") == 3  # unchanged: the same choice in both and pooled
+    # one run alone has nothing to compare its choice with
+    write_docs(summary_path, out, repo=ROOT)
+    assert "choose the same settings" not in out.read_text()
+
+
 def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):
     (tmp_path / "README.md").write_text("# no markers\n")
     with pytest.raises(PdiffError, match="results:start"):

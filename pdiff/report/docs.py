@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pdiff.errors import PdiffError
-from pdiff.plan.names import TRANSFER
+from pdiff.plan.names import DEFAULT, TRANSFER
 from pdiff.provenance import git_commit, machine
 from pdiff.report.ablation import HEADLINE, VAL_NAMES
 from pdiff.report.output import fmt, fmt_signed, md_table, write_text
@@ -353,6 +353,42 @@ def agreement_table(runs: Sequence[tuple[str | None, dict]]) -> str:
     return md_table(header, lines, left=3 + (len(others) > 1)) + "\n" + summary_line + "."
 
 
+def _validation(summary: dict) -> dict[str, dict[str, float]]:
+    """Prompt diffusion's settings per method with the validation accuracy the report chooses
+    by: the mean of the protocols' where the ablation ran on several, else its one protocol's."""
+    out: dict[str, dict[str, float]] = {}
+    for r in summary.get("ablation") or []:
+        val = r.get("val_mean", r.get("val_base", r.get("val_source")))
+        if r["mode"] == "diffusion" and val is not None:
+            out.setdefault(r["method"], {})[r["setting"]] = val
+    return out
+
+
+def _best(vals: dict[str, float]) -> str:
+    top = max(vals.values())
+    tied = [s for s, v in vals.items() if v >= top - 1e-9]
+    return f"{' = '.join(tied)} ({fmt(top)})"
+
+
+def choice_table(runs: Sequence[tuple[str | None, dict]]) -> str:
+    """Whether the runs choose the same settings: per method, each run's best setting on
+    validation (`_validation`) and its default's, then the pooled choice (each setting's
+    validation averaged over the runs, settings every run has). A choice that differs between
+    worlds is a property of a world, not of the method."""
+    chosen = [(name, _validation(summary)) for name, summary in runs]
+    methods = [m for m in runs[0][1]["methods"] if all(m in vals for _, vals in chosen)]
+    lines = []
+    for method in methods:
+        per_run = [vals[method] for _, vals in chosen]
+        common = [s for s in per_run[0] if all(s in v for v in per_run)]
+        pooled = {s: sum(v[s] for v in per_run) / len(per_run) for s in common}
+        lines.append([METHOD_NAMES.get(method, method),
+                      *(f"{_best(v)}; default {fmt(v.get(DEFAULT))}" for v in per_run),
+                      f"{_best(pooled)}; default {fmt(pooled.get(DEFAULT))}"])
+    header = ["Host method", *(f"Best in {name}" for name, _ in chosen), "Pooled over the runs"]
+    return md_table(header, lines, left=len(header))
+
+
 def _seeds(summary: dict) -> str:
     seeds = summary["seeds"]
     return f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))})"
@@ -608,6 +644,14 @@ def results_markdown(runs: Sequence[Run], label: str) -> str:
               "the SE of that (√(SE₁² + SE₂²): the runs are independent); apart when it is "
               "more than twice that, so a flipped sign that is not apart may be chance.\n",
               agreement_table([(r.name, r.summary) for r in runs]) + "\n"]
+    if sum(bool(_validation(r.summary)) for r in runs) > 1:
+        parts += ["## Do the runs choose the same settings?\n",
+                  "Per host method, the setting of prompt diffusion with the best validation "
+                  "accuracy (the mean of the protocols' where there are several) in each run "
+                  "(ties joined by =), beside the "
+                  "default's; then each setting's validation averaged over the runs. A choice "
+                  "that changes from run to run is not one the validation data can make.\n",
+                  choice_table([(r.name, r.summary) for r in runs]) + "\n"]
     for r in runs:
         parts += [f"## {r.name}\n", *_demoted(_run_sections(r.summary))]
     return "\n".join(parts)
