@@ -394,7 +394,7 @@ def test_benchmark_plans_the_paper_and_pdiff_and_reports_both(tmp_path):
     assert presets["coop"] == {"overfit": "default", "diffusion": "cls_weight=0.0,holdout=0.0",
                                "sampling": "start=noise"}
     assert presets["cocoop"]["overfit"] == "lr=0.003,steps=5"
-    assert presets["vpt"]["diffusion"] == "holdout=0.0,target=residual"
+    assert presets["vpt"]["diffusion"] == "holdout=0.0"
 
 
 def _options(argv: list[str]) -> dict[str, list[str]]:
