@@ -16,7 +16,7 @@ import pytest
 from pdiff.errors import PdiffError
 from pdiff.provenance import git_commit, machine
 from pdiff.report import make_report
-from pdiff.report.docs import END, START, _verdict, write_docs
+from pdiff.report.docs import END, START, _between, _verdict, write_docs
 from pdiff.report.output import fmt, fmt_signed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +256,11 @@ def test_several_runs_say_whether_they_choose_the_same_settings(summary_path, tm
     # one run alone has nothing to compare its choice with
     write_docs(summary_path, out, repo=ROOT)
     assert "choose the same settings" not in out.read_text()
+
+
+def test_runs_of_one_seed_are_compared_without_a_standard_error():
+    assert _between(1.0, None, 3.5, None) == ("+2.50", None)
+    assert _between(1.0, 0.5, 3.5, 0.5) == (fmt_signed(2.5, 0.5 * 2 ** 0.5), False)
 
 
 def test_a_readme_without_markers_is_refused_and_nothing_written(summary_path, tmp_path):

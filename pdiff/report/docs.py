@@ -309,7 +309,7 @@ def _between(d0: float, s0: float | None, d1: float, s1: float | None) -> tuple[
     """The second run's Δ minus the first's, ± the SE of that difference (independent runs),
     and whether it lies within two of them (None without seeds to tell)."""
     if s0 is None or s1 is None:
-        return fmt_signed(d1 - d0), None
+        return fmt_signed(d1 - d0, None), None
     diff, s = d1 - d0, (s0 ** 2 + s1 ** 2) ** 0.5
     return fmt_signed(diff, s), abs(diff) <= 2 * s
 
