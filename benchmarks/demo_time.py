@@ -30,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from pdiff.provenance import machine  # noqa: E402  (torch-free)
+from pdiff.provenance import describe_machine, machine  # noqa: E402  (torch-free)
 
 TARGET_MIN = 12.0
 #: What `--avx2` sets: torch's dispatch, oneDNN and MKL limited to AVX2 kernels.
@@ -89,8 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(AVX2_ENV if args.avx2 else {})}
     work = Path(tempfile.mkdtemp(prefix="pdiff-demo-time."))
     clone = work / "pdiff"
-    subprocess.run(["git", "clone", "-q", args.source, str(clone)], check=True)
-    subprocess.run(["git", "checkout", "-q", args.rev], cwd=clone, check=True)
+    try:
+        subprocess.run(["git", "clone", "-q", args.source, str(clone)], check=True)
+        subprocess.run(["git", "checkout", "-q", args.rev], cwd=clone, check=True)
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(work)
+        raise SystemExit(f"cannot clone {args.source} at {args.rev}: {exc}") from exc
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, check=True,
                             capture_output=True, text=True).stdout.strip()
     make = shlex.split(args.make)
@@ -99,8 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cpu, cpus, avx512 = machine()
     line = verdict(demo_s, avx512, args.avx2, args.target_min)
-    print(f"commit {commit}; machine: {cpu}, {cpus} CPUs, "
-          f"{'AVX-512' if avx512 else 'no AVX-512' if avx512 is False else 'AVX-512 unknown'}"
+    print(f"commit {commit}; machine: {describe_machine(cpu, cpus, avx512)}"
           + ("; kernels restricted to AVX2" if args.avx2 else ""))
     print(f"make install {minutes(install_s)} (before the pipeline, not counted)")
     print(line)

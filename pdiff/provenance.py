@@ -49,6 +49,12 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, int | None, boo
     return model, cpus, avx512
 
 
+def describe_machine(cpu: str, cpus: int | None, avx512: bool | None) -> str:
+    """`machine()`'s triple in words, as docs and benchmarks print it."""
+    avx = {True: "AVX-512", False: "no AVX-512", None: "AVX-512 unknown"}[avx512]
+    return f"{cpu}, {f'{cpus} CPUs' if cpus else 'CPUs unknown'}, {avx}"
+
+
 def provenance(repo: Path = CODE_ROOT, cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     """summary.json's record of the code and machine that produced it."""
     cpu, cpus, avx512 = machine(cpuinfo)

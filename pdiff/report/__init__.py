@@ -118,10 +118,12 @@ def make_report(*, inputs: list[Path], params: dict, out_dir: Path,
     acc.raise_missing()
     if any(m != "zeroshot" for m in methods):
         summary.update(_diagnosis(out_dir, index, diagnostics or [], methods))
-    used = set(acc.used) | _ablation(
-        out_dir, summary, index=index, val_index=val_index, ablated=ablated, methods=methods,
+    ablation, used_settings = _ablation(
+        out_dir, index=index, val_index=val_index, ablated=ablated, methods=methods,
         seeds=seeds, presets=presets, choose=params.get("choose_seeds") or [],
     )
+    summary.update(ablation)
+    used = set(acc.used) | used_settings
     unused = len(index) + len(val_index) - len(used)
     if unused:
         log.warning("report: %d input evaluation(s) are not used by any protocol table", unused)
@@ -177,24 +179,24 @@ def _diagnosis(out_dir: Path, index: dict, diagnostics: list[Path],
     return {"diagnosis": diag, "underfit_dits": underfit}
 
 
-def _ablation(out_dir: Path, summary: dict[str, Any], *, index: dict, val_index: dict,
-              ablated: dict, methods: list[str], seeds: list[int], presets: dict,
-              choose: list[int]) -> set:
-    """Write the ablation of prompt diffusion's settings, if any ran; the records (test and
-    validation) it used."""
+def _ablation(out_dir: Path, *, index: dict, val_index: dict, ablated: dict,
+              methods: list[str], seeds: list[int], presets: dict,
+              choose: list[int]) -> tuple[dict[str, Any], set]:
+    """Write the ablation of prompt diffusion's settings, if any ran: its part of the summary
+    and the records (test and validation) it used."""
     # The ablation compares settings that change one stage; a preset that changes more is a
     # protocol row of its own, not an ablation setting.
     whole = {variant_label(combo) for p in presets.values() for combo in p.values()
              if sum(name != DEFAULT for name in combo.values()) > 1}
     settings_index = {k: r for k, r in index.items() if k[-1] not in whole}
     if not any(k[-1] != DEFAULT for k in settings_index):
-        return set()
+        return {}, set()
     val_settings = {k: r for k, r in val_index.items() if k[-1] not in whole}
     settings = ablation_rows(settings_index, ablated, methods, seeds, val_settings, choose)
     write_ablation(out_dir, settings, seeds, choose)
-    summary["ablation"] = settings
-    summary["ablation_choice"] = ablation_choice(settings, ablated, seeds, choose)
-    return {k for k in settings_index if k[-1] != DEFAULT} | set(val_settings)
+    part = {"ablation": settings,
+            "ablation_choice": ablation_choice(settings, ablated, seeds, choose)}
+    return part, {k for k in settings_index if k[-1] != DEFAULT} | set(val_settings)
 
 
 def _write_protocol(out_dir: Path, protocol: str, table: list[dict], spec: dict,

@@ -32,7 +32,7 @@ from typing import Any
 
 from pdiff.errors import PdiffError
 from pdiff.plan.names import DEFAULT, TRANSFER
-from pdiff.provenance import git_commit, machine
+from pdiff.provenance import describe_machine, git_commit, machine
 from pdiff.report.ablation import HEADLINE, VAL_NAMES
 from pdiff.report.output import fmt, fmt_signed, md_table, write_text
 from pdiff.report.protocols import METHOD_NAMES, PROTOCOL_TITLES
@@ -63,9 +63,7 @@ class Stamp:
 
     @property
     def machine(self) -> str:
-        avx = {True: "AVX-512", False: "no AVX-512", None: "AVX-512 unknown"}[self.avx512]
-        cpus = f"{self.cpus} CPUs" if self.cpus else "CPUs unknown"
-        return f"{self.cpu}, {cpus}, {avx}"
+        return describe_machine(self.cpu, self.cpus, self.avx512)
 
     def line(self) -> str:
         return (f"commit `{self.commit}`, machine: {self.machine}; generated {self.date} from "
@@ -648,9 +646,9 @@ def results_markdown(runs: Sequence[Run], label: str) -> str:
         parts += ["## Do the runs choose the same settings?\n",
                   "Per host method, the setting of prompt diffusion with the best validation "
                   "accuracy (the mean of the protocols' where there are several) in each run "
-                  "(ties joined by =), beside the "
-                  "default's; then each setting's validation averaged over the runs. A choice "
-                  "that changes from run to run is not one the validation data can make.\n",
+                  "(ties joined by =), beside the default's; then each setting's validation "
+                  "averaged over the runs. A choice that changes from run to run is not one "
+                  "the validation data can make.\n",
                   choice_table([(r.name, r.summary) for r in runs]) + "\n"]
     for r in runs:
         parts += [f"## {r.name}\n", *_demoted(_run_sections(r.summary))]
